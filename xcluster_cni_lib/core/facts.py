@@ -1,0 +1,74 @@
+"""Extract the compact ``NodeFacts`` from a Node object as the API returns it (a dict).
+
+This never fails on odd shapes: validation happens later, in ``core.nodes``. It keeps
+nothing but what routing and IPAM need, so caches never hold raw Node objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from xcluster_cni_lib.core.values import NodeFacts
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        return ()
+    return tuple(v for v in value if isinstance(v, str))
+
+
+def node_name(node: Mapping[str, Any]) -> str:
+    """The node's ``metadata.name``, or ``""`` when missing."""
+    name = _mapping(node.get("metadata")).get("name")
+    return name if isinstance(name, str) else ""
+
+
+def extract_facts(
+    node: Mapping[str, Any],
+    *,
+    cidr_annotation: str | None = None,
+    address_annotation: str | None = None,
+) -> NodeFacts:
+    """The routing-relevant facts of a Node dict.
+
+    ``pod_cidrs`` come from ``spec.podCIDRs`` (or the older ``spec.podCIDR``);
+    ``internal_ips`` from ``status.addresses`` of type ``InternalIP``; the two annotation
+    values only when their names are configured.
+    """
+    metadata = _mapping(node.get("metadata"))
+    spec = _mapping(node.get("spec"))
+    status = _mapping(node.get("status"))
+    annotations = _mapping(metadata.get("annotations"))
+
+    pod_cidrs = _strings(spec.get("podCIDRs"))
+    if not pod_cidrs and isinstance(spec.get("podCIDR"), str):
+        pod_cidrs = (spec["podCIDR"],)
+
+    internal_ips = tuple(
+        a["address"]
+        for a in status.get("addresses") or ()
+        if isinstance(a, Mapping)
+        and a.get("type") == "InternalIP"
+        and isinstance(a.get("address"), str)
+    )
+
+    def annotation(key: str | None) -> str | None:
+        if key is None:
+            return None
+        value = annotations.get(key)
+        return value if isinstance(value, str) else None
+
+    machine_id = _mapping(status.get("nodeInfo")).get("machineID")
+    return NodeFacts(
+        name=node_name(node),
+        pod_cidrs=pod_cidrs,
+        internal_ips=internal_ips,
+        cidr_annotation=annotation(cidr_annotation),
+        address_annotation=annotation(address_annotation),
+        machine_id=machine_id if isinstance(machine_id, str) and machine_id else None,
+    )

@@ -1,0 +1,114 @@
+"""Frozen values shared by every layer."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TypeAlias
+
+import attrs
+
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@attrs.frozen
+class NodeFacts:
+    """The compact, raw view of a Node that routing and IPAM need, extracted without validation.
+
+    Two facts compare equal exactly when nothing routing cares about changed, so a kubelet
+    heartbeat yields an equal value and costs nothing downstream.
+    """
+
+    name: str
+    pod_cidrs: tuple[str, ...] = ()
+    internal_ips: tuple[str, ...] = ()
+    cidr_annotation: str | None = None
+    address_annotation: str | None = None
+    machine_id: str | None = None
+
+
+@attrs.frozen
+class Problem:
+    """Something wrong with one node that is reported but does not stop others."""
+
+    node: str
+    reason: str
+    key: str | None = None
+    value: str | None = None
+
+    def __str__(self) -> str:
+        where = f" ({self.key}={self.value!r})" if self.key is not None else ""
+        return f"node {self.node}: {self.reason}{where}"
+
+
+@attrs.frozen
+class NodeNetwork:
+    """A node's validated, canonical network view: at most one pod CIDR and one address
+    per family (IPv4 first)."""
+
+    name: str
+    cidrs: tuple[IPNetwork, ...] = ()
+    addresses: tuple[IPAddress, ...] = ()
+    machine_id: str | None = None
+    problems: tuple[Problem, ...] = attrs.field(default=(), eq=False)
+
+    def cidr(self, family: int) -> IPNetwork | None:
+        """The pod CIDR of one family (4 or 6), if any."""
+        return next((c for c in self.cidrs if c.version == family), None)
+
+    def address(self, family: int) -> IPAddress | None:
+        """The node address of one family (4 or 6), if any."""
+        return next((a for a in self.addresses if a.version == family), None)
+
+
+@attrs.frozen
+class Route:
+    """A route to a pod CIDR via a node address. ``node`` is informational only (not
+    compared), so routes read back from the kernel equal the planned ones."""
+
+    dst: IPNetwork
+    gateway: IPAddress
+    node: str = attrs.field(default="", eq=False)
+
+    @property
+    def family(self) -> int:
+        return self.dst.version
+
+    def to_json(self) -> dict[str, str]:
+        out = {"dst": str(self.dst), "gateway": str(self.gateway)}
+        if self.node:
+            out["node"] = self.node
+        return out
+
+
+@attrs.frozen
+class Plan:
+    """What to change in a route table: ``add`` routes to destinations we have no route to,
+    ``replace`` routes whose destination we route elsewhere, ``delete`` routes nobody wants."""
+
+    add: tuple[Route, ...] = ()
+    replace: tuple[Route, ...] = ()
+    delete: tuple[Route, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.replace or self.delete)
+
+    def __len__(self) -> int:
+        return len(self.add) + len(self.replace) + len(self.delete)
+
+
+@attrs.frozen
+class RouteOutcome:
+    """The result of one planned route operation. ``status`` is one of ``ok``,
+    ``conflict`` (a route of another protocol holds the destination), ``unreachable``
+    (the kernel refused the gateway), ``gone`` (deleting a route that was already gone,
+    which counts as success) or ``error``; ``reason`` is the kernel's message."""
+
+    op: str  # "add" | "replace" | "delete"
+    route: Route
+    status: str = "ok"
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ok", "gone")

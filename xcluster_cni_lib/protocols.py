@@ -1,0 +1,45 @@
+"""The I/O interfaces that services take as parameters. Implementations: ``netlink``
+(kernel), ``kube`` and ``nodesfile`` (node sources), ``testing`` (in-memory fakes)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Protocol
+
+from xcluster_cni_lib.core.values import NodeFacts, Plan, Route, RouteOutcome
+
+
+class NodeSink(Protocol):
+    """Receives what a node source learns. ``replace_all`` is called after each complete
+    LIST (the first one marks the view as synced); ``upsert``/``delete`` for watch events;
+    ``set_healthy(False)`` while the source cannot reach its backend."""
+
+    def replace_all(self, nodes: Iterable[NodeFacts]) -> None: ...
+
+    def upsert(self, node: NodeFacts) -> None: ...
+
+    def delete(self, name: str) -> None: ...
+
+    def set_healthy(self, healthy: bool) -> None: ...
+
+
+class NodeSource(Protocol):
+    """Feeds a sink until ``stop`` is set; returns soon after it is."""
+
+    def run(self, sink: NodeSink, stop: threading.Event) -> None: ...
+
+
+class RouteTable(Protocol):
+    """A kernel route table bound to one route protocol number."""
+
+    @property
+    def protocol(self) -> int: ...
+
+    def list_routes(self) -> list[Route]:
+        """Routes of this protocol, both families."""
+        ...
+
+    def apply(self, plan: Plan) -> list[RouteOutcome]:
+        """Apply a plan in batches; one outcome per planned route."""
+        ...
