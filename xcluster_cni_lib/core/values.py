@@ -112,3 +112,13 @@ class RouteOutcome:
     @property
     def ok(self) -> bool:
         return self.status in ("ok", "gone")
+
+
+@attrs.frozen
+class InterfaceAddress:
+    """An address configured on a network interface, with the interface's MTU."""
+
+    interface: str
+    mtu: int
+    network: IPNetwork  # the interface address's subnet, e.g. 192.168.1.0/24
+    address: IPAddress
