@@ -21,7 +21,7 @@ class InvalidNode(InputError):
         self.reason = reason
         self.key = key
         self.value = value
-        where = f" ({key}={value!r})" if key is not None else ""
+        where = "" if key is None else f" ({key})" if value is None else f" ({key}={value!r})"
         super().__init__(f"node {node}: {reason}{where}")
 
 

@@ -37,7 +37,8 @@ class Problem:
     value: str | None = None
 
     def __str__(self) -> str:
-        where = f" ({self.key}={self.value!r})" if self.key is not None else ""
+        key, value = self.key, self.value
+        where = "" if key is None else f" ({key})" if value is None else f" ({key}={value!r})"
         return f"node {self.node}: {self.reason}{where}"
 
 

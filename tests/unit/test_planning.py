@@ -1,0 +1,362 @@
+"""Route planning: desired routes from node networks, and plans from desired vs present."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xcluster_cni_lib.core.planning import (
+    apply_plan_model,
+    canonical_route,
+    desired_routes,
+    desired_routes_from_facts,
+    plan_routes,
+)
+from xcluster_cni_lib.core.values import NodeFacts, NodeNetwork, Plan, Route
+
+net = ipaddress.ip_network
+ip = ipaddress.ip_address
+
+
+def R(dst: str, gw: str, node: str = "") -> Route:
+    return Route(dst=net(dst), gateway=ip(gw), node=node)
+
+
+def N(name: str, cidrs: tuple[str, ...] = (), addrs: tuple[str, ...] = ()) -> NodeNetwork:
+    return NodeNetwork(
+        name=name,
+        cidrs=tuple(net(c) for c in cidrs),
+        addresses=tuple(ip(a) for a in addrs),
+    )
+
+
+# -- desired_routes ------------------------------------------------------------------
+
+DUAL = [
+    N("a", ("10.244.1.0/24", "fd00:10:244:1::/64"), ("192.168.1.1", "fd00:1::1")),
+    N("b", ("10.244.2.0/24", "fd00:10:244:2::/64"), ("192.168.1.2", "fd00:1::2")),
+    N("c", ("10.244.3.0/24", "fd00:10:244:3::/64"), ("192.168.1.3", "fd00:1::3")),
+]
+
+
+def test_one_route_per_family_to_every_other_node() -> None:
+    routes, problems = desired_routes(DUAL, own="b")
+    assert [(str(r.dst), str(r.gateway), r.node) for r in routes] == [
+        ("10.244.1.0/24", "192.168.1.1", "a"),
+        ("10.244.3.0/24", "192.168.1.3", "c"),
+        ("fd00:10:244:1::/64", "fd00:1::1", "a"),
+        ("fd00:10:244:3::/64", "fd00:1::3", "c"),
+    ]
+    assert problems == []
+
+
+def test_without_own_node_every_node_gets_a_route() -> None:
+    routes, _ = desired_routes(DUAL, own=None)
+    assert {r.node for r in routes} == {"a", "b", "c"} and len(routes) == 6
+    routes, _ = desired_routes(DUAL, own="not-there")
+    assert len(routes) == 6
+
+
+def test_output_is_sorted_whatever_the_input_order() -> None:
+    expected, _ = desired_routes(DUAL, own="a")
+    for perm in itertools.permutations(DUAL):
+        assert desired_routes(perm, own="a")[0] == expected
+    # numeric, not textual order: 10.244.10.0 after 10.244.9.0
+    nodes = [N(f"n{i}", (f"10.244.{i}.0/24",), (f"10.0.0.{i}",)) for i in (10, 9, 100)]
+    assert [str(r.dst) for r in desired_routes(nodes, own=None)[0]] == [
+        "10.244.9.0/24",
+        "10.244.10.0/24",
+        "10.244.100.0/24",
+    ]
+
+
+def test_family_without_address_is_reported() -> None:
+    nodes = [N("a", ("10.244.1.0/24", "fd00::/64"), ("192.168.1.1",)), N("me")]
+    routes, problems = desired_routes(nodes, own="me")
+    assert routes == [R("10.244.1.0/24", "192.168.1.1")]
+    assert [(p.node, p.reason) for p in problems] == [
+        ("a", "no IPv6 address; no route to its pod CIDR fd00::/64")
+    ]
+
+
+def test_address_without_cidr_of_its_family_is_fine() -> None:
+    nodes = [N("a", ("10.244.1.0/24",), ("192.168.1.1", "fd00:1::1"))]
+    assert desired_routes(nodes, own=None) == ([R("10.244.1.0/24", "192.168.1.1")], [])
+
+
+def test_node_without_pod_cidr_is_reported() -> None:
+    routes, problems = desired_routes([N("new", (), ("192.168.1.9",))], own=None)
+    assert routes == [] and [p.node for p in problems] == ["new"]
+    assert "no pod CIDR" in problems[0].reason
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("10.244.1.0/24", "10.244.1.0/24"),  # the same CIDR
+        ("10.244.0.0/16", "10.244.1.0/24"),  # first contains second
+        ("10.244.1.0/25", "10.244.1.0/24"),  # second contains first
+        ("fd00::/64", "fd00::1:0/112"),
+    ],
+)
+def test_overlapping_cidrs_first_name_wins(first: str, second: str) -> None:
+    a = N("a", (first,), ("192.168.1.1", "fd00:1::1"))
+    b = N("b", (second,), ("192.168.1.2", "fd00:1::2"))
+    for order in ([a, b], [b, a]):
+        routes, problems = desired_routes(order, own=None)
+        assert [r.node for r in routes] == ["a"]
+        assert [(p.node, p.value) for p in problems] == [("b", second)]
+        assert f"node a's pod CIDR {net(first)}" in problems[0].reason
+
+
+def test_own_cidr_is_never_routed_away() -> None:
+    me = N("z-me", ("10.244.1.0/24",), ("192.168.1.9",))
+    thief = N("a", ("10.244.1.0/24", "fd00::/64"), ("192.168.1.1", "fd00:1::1"))
+    routes, problems = desired_routes([thief, me], own="z-me")
+    assert routes == [R("fd00::/64", "fd00:1::1")]
+    assert "this node's own pod CIDR 10.244.1.0/24" in problems[0].reason
+
+
+def test_overlap_keeps_the_winner_and_other_families() -> None:
+    a = N("a", ("10.244.1.0/24", "fd00:1::/64"), ("192.168.1.1", "fd00::1"))
+    b = N("b", ("10.244.1.0/24", "fd00:2::/64"), ("192.168.1.2", "fd00::2"))
+    routes, problems = desired_routes([a, b], own=None)
+    assert {(r.node, r.family) for r in routes} == {("a", 4), ("a", 6), ("b", 6)}
+    assert len(problems) == 1
+
+
+def test_loser_with_unroutable_cidr_still_blocks_later_overlaps() -> None:
+    # a claims 10.1.0.0/16 without an IPv4 address; b (later by name) overlapping it still loses
+    a = N("a", ("10.1.0.0/16",), ())
+    b = N("b", ("10.1.2.0/24",), ("192.168.1.2",))
+    routes, problems = desired_routes([a, b], own=None)
+    assert routes == [] and [p.node for p in problems] == ["a", "b"]
+
+
+def test_many_nodes_are_quick() -> None:
+    nodes = [
+        N(
+            f"n{i:05}",
+            (f"10.{i // 256}.{i % 256}.0/24", f"fd00:{i:x}::/64"),
+            (f"172.16.{i // 256}.{i % 256}", f"fd01::{i:x}"),
+        )
+        for i in range(5000)
+    ]
+    routes, problems = desired_routes(nodes, own="n00000")
+    assert len(routes) == 9998 and problems == []
+
+
+def test_desired_routes_from_facts_is_parse_then_plan() -> None:
+    facts = [
+        NodeFacts("a", pod_cidrs=("10.244.1.0/24",), internal_ips=("192.168.1.1",)),
+        NodeFacts("b", pod_cidrs=("10.244.2.0/24",), cidr_annotation="junk"),
+        NodeFacts("c", pod_cidrs=("10.244.3.0/24", "fd00::/64"), internal_ips=("192.168.1.3",)),
+    ]
+    routes, problems = desired_routes_from_facts(facts, own="a")
+    assert routes == [R("10.244.3.0/24", "192.168.1.3")]
+    assert [p.node for p in problems] == ["b", "c"]  # b: no address; c: no IPv6 address
+    routes, problems = desired_routes_from_facts(facts, own="a", cidr_annotation="x")
+    assert routes == [] and [(p.node, p.key) for p in problems] == [
+        ("a", "x"),
+        ("b", "x"),
+        ("c", "x"),
+    ]
+
+
+# -- plan_routes: exhaustive small cases ---------------------------------------------
+
+D1 = "10.244.1.0/24"
+D2 = "10.244.2.0/24"
+G1, G2, G3 = "192.168.1.1", "192.168.1.2", "192.168.1.3"
+
+
+@pytest.mark.parametrize(
+    ("desired", "present", "expected"),
+    [
+        ([], [], Plan()),
+        ([R(D1, G1)], [R(D1, G1)], Plan()),
+        ([R(D1, G1)], [], Plan(add=(R(D1, G1),))),
+        ([], [R(D1, G1)], Plan(delete=(R(D1, G1),))),
+        ([R(D1, G2)], [R(D1, G1)], Plan(replace=(R(D1, G2),), delete=(R(D1, G1),))),
+        # several present for one dst: keep the right one, delete the rest
+        ([R(D1, G1)], [R(D1, G1), R(D1, G2)], Plan(delete=(R(D1, G2),))),
+        (
+            [R(D1, G3)],
+            [R(D1, G2), R(D1, G1)],
+            Plan(replace=(R(D1, G3),), delete=(R(D1, G1), R(D1, G2))),
+        ),
+        ([], [R(D1, G1), R(D1, G2)], Plan(delete=(R(D1, G1), R(D1, G2)))),
+        # duplicates in present count once
+        ([R(D1, G1)], [R(D1, G1), R(D1, G1)], Plan()),
+        (
+            [R(D1, G1), R(D2, G2)],
+            [R(D2, G1), R("10.9.0.0/16", G3)],
+            Plan(
+                add=(R(D1, G1),),
+                replace=(R(D2, G2),),
+                delete=(R("10.9.0.0/16", G3), R(D2, G1)),
+            ),
+        ),
+        # same address, different prefix length: another destination
+        (
+            [R("10.244.0.0/16", G1)],
+            [R("10.244.0.0/24", G1)],
+            Plan(add=(R("10.244.0.0/16", G1),), delete=(R("10.244.0.0/24", G1),)),
+        ),
+    ],
+)
+def test_plan_cases(desired: list[Route], present: list[Route], expected: Plan) -> None:
+    plan = plan_routes(desired, present)
+    assert plan == expected
+    for order in itertools.permutations(("delete", "replace", "add")):
+        assert apply_plan_model(present, plan, order=order) == set(desired)
+
+
+def test_node_name_does_not_matter_for_comparison() -> None:
+    assert plan_routes([R(D1, G1, node="a")], [R(D1, G1)]) == Plan()
+    assert plan_routes([R(D1, G1, node="a")], []).add[0].node == "a"  # but is kept for logs
+
+
+def test_canonical_comparison_of_mapped_ipv4() -> None:
+    mapped = Route(dst=net("::ffff:10.244.1.0/120"), gateway=ip("::ffff:192.168.1.1"))
+    assert canonical_route(mapped) == R(D1, G1)
+    assert plan_routes([R(D1, G1)], [mapped]) == Plan()
+    assert plan_routes([mapped], []) == Plan(add=(R(D1, G1),))
+    plain = R("fd00::/64", "fd00::1")
+    assert canonical_route(plain) is plain
+
+
+def test_first_desired_route_per_destination_wins() -> None:
+    assert plan_routes([R(D1, G1), R(D1, G2)], []) == Plan(add=(R(D1, G1),))
+
+
+def test_model_add_over_an_existing_route_is_eexist() -> None:
+    with pytest.raises(ValueError, match="has a route"):
+        apply_plan_model([R(D1, G1)], Plan(add=(R(D1, G2),)))
+
+
+def test_plan_lists_are_sorted() -> None:
+    desired = [R(f"10.{i}.0.0/16", G1) for i in (30, 4, 200)] + [R("fd00::/64", "fd00::1")]
+    plan = plan_routes(reversed(desired), [])
+    assert [str(r.dst) for r in plan.add] == [
+        "10.4.0.0/16",
+        "10.30.0.0/16",
+        "10.200.0.0/16",
+        "fd00::/64",
+    ]
+
+
+# -- plan_routes: properties ---------------------------------------------------------
+
+# Small pools make collisions (same dst, different gateways) common.
+dsts = st.sampled_from(
+    [net(f"10.244.{i}.0/24") for i in range(4)]
+    + [net("10.244.0.0/16"), net("fd00::/64"), net("fd00:1::/64"), net("::ffff:10.244.9.0/120")]
+)
+gws4 = st.sampled_from([ip(f"192.168.1.{i}") for i in range(1, 4)] + [ip("::ffff:192.168.1.1")])
+gws6 = st.sampled_from([ip(f"fd00:9::{i}") for i in range(1, 4)])
+
+
+@st.composite
+def routes(draw: st.DrawFn) -> Route:
+    dst = draw(dsts)
+    gw = draw(gws6) if dst.version == 6 and not dst.network_address.ipv4_mapped else draw(gws4)
+    return Route(dst=dst, gateway=gw)
+
+
+def unique_dst(rs: list[Route]) -> list[Route]:
+    seen: dict[object, Route] = {}
+    for r in rs:
+        seen.setdefault(canonical_route(r).dst, r)
+    return list(seen.values())
+
+
+ORDERS = list(itertools.permutations(("delete", "replace", "add")))
+
+
+@settings(max_examples=300)
+@given(st.lists(routes(), max_size=8), st.lists(routes(), max_size=8), st.sampled_from(ORDERS))
+def test_applying_a_plan_yields_exactly_desired(
+    desired: list[Route], present: list[Route], order: tuple[str, ...]
+) -> None:
+    desired = unique_dst(desired)
+    plan = plan_routes(desired, present)
+    after = apply_plan_model(present, plan, order=order)
+    assert after == {canonical_route(r) for r in desired}
+
+
+@settings(max_examples=300)
+@given(st.lists(routes(), max_size=8), st.lists(routes(), max_size=8))
+def test_planning_again_is_empty(desired: list[Route], present: list[Route]) -> None:
+    desired = unique_dst(desired)
+    after = apply_plan_model(present, plan_routes(desired, present))
+    assert plan_routes(desired, after) == Plan()
+    assert not plan_routes(desired, after)
+
+
+@settings(max_examples=300)
+@given(st.lists(routes(), max_size=8), st.lists(routes(), max_size=8))
+def test_plan_is_consistent(desired: list[Route], present: list[Route]) -> None:
+    desired = unique_dst(desired)
+    plan = plan_routes(desired, present)
+    canon_present = {canonical_route(r) for r in present}
+    canon_desired = {canonical_route(r) for r in desired}
+    changed = set(plan.add) | set(plan.replace)
+    assert not changed & set(plan.delete)  # nothing both added and deleted
+    assert not changed & canon_present  # nothing already right is touched
+    assert set(plan.delete) <= canon_present - canon_desired  # only present, unwanted routes go
+    assert changed <= canon_desired
+    assert len({r.dst for r in plan.add + plan.replace}) == len(plan.add) + len(plan.replace)
+    present_dsts = {r.dst for r in canon_present}
+    assert all(r.dst not in present_dsts for r in plan.add)
+    assert all(r.dst in present_dsts for r in plan.replace)
+
+
+@given(st.lists(routes(), max_size=8), st.lists(routes(), max_size=8), st.randoms())
+def test_plan_does_not_depend_on_input_order(
+    desired: list[Route], present: list[Route], rnd: object
+) -> None:
+    desired = unique_dst(desired)
+    shuffled = list(present)
+    rnd.shuffle(shuffled)  # type: ignore[attr-defined]
+    assert plan_routes(desired, present) == plan_routes(list(reversed(desired)), shuffled)
+
+
+@st.composite
+def networks(draw: st.DrawFn) -> list[NodeNetwork]:
+    count = draw(st.integers(0, 6))
+    out = []
+    for i in range(count):
+        cidrs = draw(
+            st.lists(
+                st.sampled_from(
+                    ["10.1.0.0/16", "10.1.1.0/24", "10.2.0.0/24", "fd00::/64", "fd00::/56"]
+                ),
+                max_size=2,
+                unique_by=lambda c: net(c).version,
+            )
+        )
+        addrs = draw(
+            st.lists(st.sampled_from(["192.168.0.1", "fd00:9::1"]), max_size=2, unique=True)
+        )
+        out.append(N(f"n{i}", tuple(cidrs), tuple(addrs)))
+    return out
+
+
+@given(networks(), st.sampled_from([None, "n0", "n3"]))
+def test_desired_routes_are_plannable(nodes: list[NodeNetwork], own: str | None) -> None:
+    routes_, problems = desired_routes(nodes, own=own)
+    dst_list = [r.dst for r in routes_]
+    assert len(set(dst_list)) == len(dst_list)  # one route per destination
+    for a, b in itertools.combinations(dst_list, 2):
+        assert a.version != b.version or not a.overlaps(b)  # no overlaps survive
+    assert all(r.node != own for r in routes_)
+    assert all(r.gateway.version == r.dst.version for r in routes_)
+    wanted = sum(len(n.cidrs) for n in nodes if n.name != own)
+    assert (
+        len(routes_) + len([p for p in problems if p.value]) == wanted
+    )  # each CIDR: route or problem
