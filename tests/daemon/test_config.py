@@ -1,0 +1,143 @@
+"""Daemon settings: every invalid value stops start-up with a message naming the variable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from xcluster_cni_lib.daemonconfig import (
+    ConfigError,
+    DaemonConfig,
+    load_config,
+    parse_http_address,
+    read_rt_protos,
+)
+
+RUN_SUBCOMMAND = """
+import argparse, sys
+from wrappers.daemon import daemon_cmd
+parser = argparse.ArgumentParser()
+daemon_cmd.register(parser.add_subparsers())
+args = parser.parse_args(sys.argv[1:])
+sys.exit(args.func(args))
+"""
+PROTOS = {0: "unspec", 2: "kernel", 4: "static", 12: "bird", 186: "bgp", 201: "xcluster"}
+
+
+def load(**env: str) -> DaemonConfig:
+    return load_config(env, rt_protos=PROTOS)
+
+
+def test_defaults() -> None:
+    c = load()
+    assert (c.protocol, c.resync_interval, c.log_level, c.http_address) == (202, 60.0, "info", None)
+    assert c.kubeconfig is None and c.nodes_file is None
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("PROTOCOL", "0"),
+        ("PROTOCOL", "4"),
+        ("PROTOCOL", "static"),
+        ("PROTOCOL", "256"),
+        ("PROTOCOL", "nosuchproto"),
+        ("PROTOCOL", "-3"),
+        ("LOG_LEVEL", "verbose"),
+        ("RESYNC_INTERVAL", "soon"),
+        ("RESYNC_INTERVAL", "0"),
+        ("RESYNC_INTERVAL", "2d"),
+        ("HTTP_ADDRESS", "9202"),
+        ("HTTP_ADDRESS", "::1:9202"),
+        ("HTTP_ADDRESS", "127.0.0.1:http"),
+        ("HTTP_ADDRESS", "127.0.0.1:70000"),
+        ("HTTP_ADDRESS", "[127.0.0.1]:80"),
+        ("CIDR_ANNOTATION", "bad key/with/slashes"),
+        ("ADDRESS_ANNOTATION", "-leading-dash"),
+        ("NODE_NAME", "Not_A_Node"),
+        ("KUBECONFIG", "/nonexistent/kubeconfig"),
+        ("NODES_FILE", "/"),
+    ],
+)
+def test_invalid_values_name_the_variable(var: str, value: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(**{var: value})
+    assert e.value.name == var
+    assert str(e.value).startswith(f"{var}={value!r}: ")
+
+
+def test_kernel_protocols_are_refused_with_a_clear_reason() -> None:
+    with pytest.raises(ConfigError, match="kernel's own protocol 'boot'"):
+        load(PROTOCOL="3")
+
+
+def test_protocol_by_name_and_warning_for_a_registered_number() -> None:
+    assert load(PROTOCOL="xcluster").protocol == 201
+    assert not any("rt_protos" in w for w in load(PROTOCOL="xcluster").warnings)
+    c = load(PROTOCOL="186")
+    assert c.protocol == 186
+    assert any("'bgp'" in w for w in c.warnings)
+    assert not any("rt_protos" in w for w in load(PROTOCOL="202").warnings)
+
+
+def test_flags_override_env() -> None:
+    c = load_config(
+        {"PROTOCOL": "150", "LOG_LEVEL": "debug"}, {"PROTOCOL": "151", "LOG_LEVEL": None}
+    )
+    assert (c.protocol, c.log_level) == (151, "debug")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("60", 60.0), ("1.5", 1.5), ("500ms", 0.5), ("30s", 30.0), ("5m", 300.0)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert load(RESYNC_INTERVAL=text).resync_interval == seconds
+
+
+def test_http_addresses() -> None:
+    assert parse_http_address("127.0.0.1:9202") == ("127.0.0.1", 9202)
+    assert parse_http_address("[::1]:9202") == ("::1", 9202)
+    assert parse_http_address(":9202") == ("", 9202)
+    assert load(HTTP_ADDRESS="").http_address is None
+
+
+def test_nodes_file_wins_over_kubeconfig(tmp_path: os.PathLike[str]) -> None:
+    kc = os.path.join(tmp_path, "kc")
+    open(kc, "w").close()
+    c = load(NODES_FILE="/tmp/nodes.json", KUBECONFIG=kc)
+    assert c.kubeconfig is None and any("KUBECONFIG is ignored" in w for w in c.warnings)
+
+
+def test_rt_protos_files_are_read(tmp_path: os.PathLike[str]) -> None:
+    main = os.path.join(tmp_path, "rt_protos")
+    d = os.path.join(tmp_path, "rt_protos.d")
+    os.mkdir(d)
+    with open(main, "w") as f:
+        f.write("# comment\n186\tbgp\n0x0c bird # hex\n")
+    with open(os.path.join(d, "x.conf"), "w") as f:
+        f.write("202 xcluster\n")
+    assert read_rt_protos([main], [d]) == {186: "bgp", 12: "bird", 202: "xcluster"}
+
+
+def test_the_command_refuses_a_bad_value_with_a_json_line() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_SUBCOMMAND, "daemon"],
+        env={**os.environ, "PROTOCOL": "2", "NODES_FILE": "/tmp/x"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    line = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert line["level"] == "error" and line["variable"] == "PROTOCOL"
+    assert "PROTOCOL='2'" in line["msg"]
+
+
+def test_prefixed_lookalikes_are_warned_about_not_read() -> None:
+    c = load(XCLUSTER_PROTOCOL="150", PROTOCOL="151")
+    assert c.protocol == 151
+    assert any("XCLUSTER_PROTOCOL is set but not read" in w for w in c.warnings)

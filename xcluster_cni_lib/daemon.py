@@ -1,0 +1,234 @@
+"""The router daemon as a service: wires a node source, the compact cache, a route table
+bound to our protocol, a kernel route monitor, the reconciler and the status server.
+
+Threads: ``source`` (LIST+WATCH or file polling into the cache), ``monitor`` (netlink
+route events of our protocol -> reconcile), ``reconciler`` (the loop) and ``http``. The
+caller's thread waits for a stop request (SIGTERM/SIGINT or ``Daemon.stop``). Stopping
+never touches routes: a restarted daemon finds them in place and only fixes differences.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, Protocol
+
+from xcluster_cni_lib import jsonlog
+from xcluster_cni_lib.daemonconfig import DaemonConfig, format_address
+from xcluster_cni_lib.httpserver import StatusServer
+from xcluster_cni_lib.metrics import DaemonMetrics
+from xcluster_cni_lib.nodecache import NodeCache
+from xcluster_cni_lib.protocols import NodeSource, RouteTable
+from xcluster_cni_lib.reconciler import Reconciler
+
+log = jsonlog.get_logger(__name__)
+
+STOP_DEADLINE = 1.5  # seconds to wait for threads on stop (the contract is "within 2 s")
+LIVENESS_STALE = 30.0  # the reconcile loop must tick at least this often to be healthy
+
+
+class Monitor(Protocol):
+    """What the daemon needs of a kernel route monitor (``netlink.RouteMonitor``)."""
+
+    def run(self, on_change: Callable[[], None], stop: threading.Event) -> None: ...
+
+
+def make_source(config: DaemonConfig) -> NodeSource:
+    """The node source the config asks for: a nodes file, or the Kubernetes API."""
+    if config.nodes_file is not None:
+        from xcluster_cni_lib.nodesfile import FileNodeSource
+
+        return FileNodeSource(
+            config.nodes_file,
+            cidr_annotation=config.cidr_annotation,
+            address_annotation=config.address_annotation,
+        )
+    from xcluster_cni_lib.kube import KubeNodeSource, load_api_client
+
+    client = load_api_client(config.kubeconfig)
+    source: NodeSource = KubeNodeSource(
+        client,
+        cidr_annotation=config.cidr_annotation,
+        address_annotation=config.address_annotation,
+    )
+    return source
+
+
+class Daemon:
+    """One daemon instance. Pass ``source``/``table``/``monitor`` to replace the real
+    adapters (tests, users' harnesses); ``netns`` runs the kernel side in a named network
+    namespace (tests)."""
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        *,
+        source: NodeSource | None = None,
+        table: RouteTable | None = None,
+        monitor: Monitor | None = None,
+        netns: str | None = None,
+        machine_id: str | None = None,
+        coalesce: float = 0.1,
+    ) -> None:
+        self.config = config
+        self.stop_event = threading.Event()
+        self.exit_code = 0
+        self.metrics = DaemonMetrics()
+        self.cache = NodeCache(
+            cidr_annotation=config.cidr_annotation, address_annotation=config.address_annotation
+        )
+        self.source = source if source is not None else make_source(config)
+        if table is None:
+            from xcluster_cni_lib.netlink import NetlinkRouteTable, RouteMonitor
+
+            table = NetlinkRouteTable(config.protocol, netns=netns)
+            if monitor is None:
+                monitor = RouteMonitor(config.protocol, netns=netns)
+        self.table = table
+        self.monitor = monitor
+        if machine_id is None:
+            from xcluster_cni_lib.hostinfo import read_machine_id
+
+            machine_id = read_machine_id()
+        self.reconciler = Reconciler(
+            self.cache,
+            self.table,
+            node_name=config.node_name,
+            machine_id=machine_id,
+            resync_interval=config.resync_interval,
+            coalesce=coalesce,
+            metrics=self.metrics,
+        )
+        self.cache.subscribe(self.reconciler.notify)
+        self.metrics.watch_source(self._source_counters)
+        self.metrics.ready.set_function(lambda: 0.0 if self.readyz() else 1.0)
+        self.metrics.source_healthy.set_function(lambda: 1.0 if self.cache.healthy else 0.0)
+        self.http: StatusServer | None = None
+        if config.http_address is not None:
+            self.http = StatusServer(
+                config.http_address,
+                healthz=self.healthz,
+                readyz=self.readyz,
+                metrics=self.metrics.render,
+            )
+        self._threads: list[threading.Thread] = []
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def healthz(self) -> list[str]:
+        """Why the daemon is not alive (empty when it is)."""
+        out = [f"thread {t.name} ended" for t in self._threads if not t.is_alive()]
+        if not self._threads:
+            out.append("not started")
+        stale = time.monotonic() - self.reconciler.last_tick
+        if stale > LIVENESS_STALE:
+            out.append(f"reconcile loop stuck for {stale:.0f}s")
+        return out
+
+    def readyz(self) -> list[str]:
+        """Why the daemon is not ready (empty when it is)."""
+        out = self.healthz()
+        if not self.cache.synced:
+            out.append("node list not synced yet")
+        if not self.cache.healthy:
+            out.append("node source unhealthy")
+        if not self.reconciler.first_sync_done:
+            out.append("no successful sync yet")
+        elif self.reconciler.failed_syncs:
+            out.append(f"last {self.reconciler.failed_syncs} syncs failed")
+        return out
+
+    def _source_counters(self) -> tuple[int, int]:
+        return (int(getattr(self.source, "restarts", 0)), int(getattr(self.source, "relists", 0)))
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every thread (and the HTTP server); returns at once."""
+        log.info("starting", version=_version(), **self.config.to_log())
+        for warning in self.config.warnings:
+            log.warning(warning)
+        self._spawn("reconciler", self._run_reconciler)
+        self._spawn("source", lambda: self.source.run(self.cache, self.stop_event))
+        monitor = self.monitor
+        if monitor is not None:
+            self._spawn(
+                "monitor", lambda: monitor.run(self.reconciler.notify_kernel, self.stop_event)
+            )
+        if self.http is not None:
+            self.http.start()
+            log.info("http listening", address=format_address(self.http.address))
+
+    def _run_reconciler(self) -> None:
+        self.reconciler.run(self.stop_event)
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        def body() -> None:
+            try:
+                target()
+            except Exception as e:
+                if not self.stop_event.is_set():
+                    log.error(f"{name} failed", error=f"{type(e).__name__}: {e}")
+            if not self.stop_event.is_set():
+                log.error(f"{name} ended unexpectedly; stopping (routes stay in place)")
+                self.exit_code = 1
+                self.stop_event.set()
+                self.reconciler.notify()
+
+        thread = threading.Thread(target=body, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def request_stop(self) -> None:
+        """Ask the daemon to stop (safe from a signal handler)."""
+        self.stop_event.set()
+        self.reconciler.notify()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until a stop was requested; true when it was."""
+        return self.stop_event.wait(timeout)
+
+    def stop(self) -> None:
+        """Stop and join every thread (at most ``STOP_DEADLINE`` in all). Routes stay."""
+        self.request_stop()
+        deadline = time.monotonic() + STOP_DEADLINE
+        if self.http is not None:
+            self.http.stop()
+        for t in self._threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in self._threads if t.is_alive()]
+        for name, thing in (("reconciler", self.table), ("monitor", self.monitor)):
+            close = getattr(thing, "close", None)
+            if callable(close) and name not in stuck:
+                close()
+        log.info("stopped; routes left in place", stuck_threads=stuck or None)
+
+
+def _version() -> str:
+    from xcluster_cni_lib import __version__
+
+    return __version__
+
+
+def run(config: DaemonConfig, **kwargs: Any) -> int:
+    """Run a daemon until SIGTERM/SIGINT; the process's exit code. ``kwargs`` go to
+    :class:`Daemon`."""
+    daemon = Daemon(config, **kwargs)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal received, stopping", signal=signal.Signals(signum).name)
+        daemon.request_stop()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    daemon.start()
+    try:
+        while not daemon.wait(1.0):
+            pass
+    finally:
+        daemon.stop()
+    return daemon.exit_code

@@ -1,0 +1,257 @@
+"""The router daemon's configuration: environment variables, each overridable by a flag.
+
+Every invalid value raises ``ConfigError`` naming the variable, so the daemon stops at
+start instead of running half-configured. Only the variables in ``SETTINGS`` are read;
+all others are ignored (a pod's environment holds many unrelated variables, e.g. the
+``*_SERVICE_HOST`` ones Kubernetes injects, so unknown names cannot be an error), except
+that ``XCLUSTER_*`` variables get a warning: they look like settings but are not read.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from xcluster_cni_lib.core.errors import InputError
+from xcluster_cni_lib.jsonlog import LEVELS
+
+DEFAULT_PROTOCOL = 202
+DEFAULT_RESYNC = 60.0
+KERNEL_PROTOCOLS = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static"}
+RT_PROTOS_FILES = ("/etc/iproute2/rt_protos", "/usr/share/iproute2/rt_protos")
+RT_PROTOS_DIRS = ("/etc/iproute2/rt_protos.d", "/usr/share/iproute2/rt_protos.d")
+
+# name -> one-line help; the flag is --name-in-kebab-case.
+SETTINGS: dict[str, str] = {
+    "NODE_NAME": "this node's name; its own pod CIDR gets no route (else machine-id match)",
+    "LOG_LEVEL": "error, info, debug or trace (default info)",
+    "CIDR_ANNOTATION": "node annotation holding pod CIDRs (comma-separated), else spec.podCIDRs",
+    "ADDRESS_ANNOTATION": "node annotation holding node addresses, else InternalIP addresses",
+    "PROTOCOL": "route protocol number 5-255 or a name from rt_protos (default 202)",
+    "KUBECONFIG": "kubeconfig file (default: in-cluster config)",
+    "NODES_FILE": "read nodes from this file (a Node list, JSON or YAML) instead of the API",
+    "RESYNC_INTERVAL": "full reconcile period: seconds or 500ms/30s/5m (default 60s)",
+    "HTTP_ADDRESS": "host:port or [v6]:port for /healthz /readyz /metrics; empty = off",
+}
+
+
+class ConfigError(InputError):
+    """A setting is invalid; the message names the variable."""
+
+    def __init__(self, name: str, value: str, reason: str) -> None:
+        self.name = name
+        self.value = value
+        super().__init__(f"{name}={value!r}: {reason}")
+
+
+@attrs.frozen
+class DaemonConfig:
+    """A validated daemon configuration."""
+
+    node_name: str | None = None
+    log_level: str = "info"
+    cidr_annotation: str | None = None
+    address_annotation: str | None = None
+    protocol: int = DEFAULT_PROTOCOL
+    kubeconfig: str | None = None
+    nodes_file: str | None = None
+    resync_interval: float = DEFAULT_RESYNC
+    http_address: tuple[str, int] | None = None
+    warnings: tuple[str, ...] = attrs.field(default=(), eq=False)
+
+    def to_log(self) -> dict[str, object]:
+        """The settings as log fields (no secrets exist in them: paths, not contents)."""
+        return {
+            "node_name": self.node_name,
+            "log_level": self.log_level,
+            "cidr_annotation": self.cidr_annotation,
+            "address_annotation": self.address_annotation,
+            "protocol": self.protocol,
+            "kubeconfig": self.kubeconfig,
+            "nodes_file": self.nodes_file,
+            "resync_interval_s": self.resync_interval,
+            "http_address": format_address(self.http_address) if self.http_address else None,
+        }
+
+
+def format_address(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def load_config(
+    env: Mapping[str, str],
+    flags: Mapping[str, str | None] | None = None,
+    *,
+    rt_protos: Mapping[int, str] | None = None,
+) -> DaemonConfig:
+    """Build a config from ``env`` overridden by ``flags`` (same names; ``None`` = not
+    given). ``rt_protos`` (number -> name) defaults to the system's iproute2 files."""
+    merged: dict[str, str] = {k: env[k] for k in SETTINGS if k in env}
+    for key, value in (flags or {}).items():
+        if key not in SETTINGS:
+            raise ConfigError(key, str(value), "unknown setting")
+        if value is not None:
+            merged[key] = value
+
+    def get(name: str) -> str | None:
+        value = merged.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    warnings: list[str] = [
+        f"{name} is set but not read: the daemon's settings have no prefix ({name[9:]}?)"
+        for name in sorted(env)
+        if name.startswith("XCLUSTER_")
+    ]
+    level = (get("LOG_LEVEL") or "info").lower()
+    if level not in LEVELS or level == "warning":
+        raise ConfigError("LOG_LEVEL", merged["LOG_LEVEL"], "use one of error, info, debug, trace")
+
+    names = rt_protos if rt_protos is not None else read_rt_protos()
+    protocol = parse_protocol(get("PROTOCOL"), names, warnings)
+
+    node_name = get("NODE_NAME")
+    if node_name is not None and not _DNS_SUBDOMAIN.fullmatch(node_name):
+        raise ConfigError("NODE_NAME", node_name, "not a valid node name (DNS subdomain)")
+    if node_name is None:
+        warnings.append("NODE_NAME is not set: the own node is found by machine-id only")
+
+    nodes_file = get("NODES_FILE")
+    kubeconfig = get("KUBECONFIG")
+    if nodes_file is not None and kubeconfig is not None:
+        warnings.append("NODES_FILE is set: KUBECONFIG is ignored")
+        kubeconfig = None
+    if kubeconfig is not None and not any(os.path.isfile(p) for p in kubeconfig.split(os.pathsep)):
+        raise ConfigError("KUBECONFIG", kubeconfig, "no such file")
+    if nodes_file is not None and os.path.isdir(nodes_file):
+        raise ConfigError("NODES_FILE", nodes_file, "is a directory")
+
+    return DaemonConfig(
+        node_name=node_name,
+        log_level=level,
+        cidr_annotation=parse_annotation("CIDR_ANNOTATION", get("CIDR_ANNOTATION")),
+        address_annotation=parse_annotation("ADDRESS_ANNOTATION", get("ADDRESS_ANNOTATION")),
+        protocol=protocol,
+        kubeconfig=kubeconfig,
+        nodes_file=nodes_file,
+        resync_interval=parse_duration("RESYNC_INTERVAL", get("RESYNC_INTERVAL")),
+        http_address=parse_http_address(get("HTTP_ADDRESS")),
+        warnings=tuple(warnings),
+    )
+
+
+# -- single settings -----------------------------------------------------------------------
+
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_DNS_SUBDOMAIN = re.compile(rf"(?=.{{1,253}}$){_DNS_LABEL}(\.{_DNS_LABEL})*")
+_ANNOTATION_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+
+
+def parse_annotation(var: str, value: str | None) -> str | None:
+    """A Kubernetes annotation key: ``[prefix/]name`` (prefix a DNS subdomain)."""
+    if value is None:
+        return None
+    prefix, slash, name = value.rpartition("/")
+    if (slash and not _DNS_SUBDOMAIN.fullmatch(prefix)) or not _ANNOTATION_NAME.fullmatch(name):
+        raise ConfigError(var, value, "not a valid annotation key ([dns-prefix/]name)")
+    return value
+
+
+def parse_protocol(value: str | None, names: Mapping[int, str], warnings: list[str]) -> int:
+    """A route protocol: a number 1-255 or an rt_protos name; 0-4 (the kernel's) refused."""
+    if value is None:
+        number, by_name = DEFAULT_PROTOCOL, False
+    elif value.isdecimal():
+        number, by_name = int(value), False
+    else:
+        matches = [n for n, name in names.items() if name == value]
+        if not matches:
+            raise ConfigError(
+                "PROTOCOL", value, "not a number and not a name in /etc/iproute2/rt_protos"
+            )
+        number, by_name = matches[0], True
+    if not 0 <= number <= 255:
+        raise ConfigError("PROTOCOL", value or "", "must be between 5 and 255")
+    if number in KERNEL_PROTOCOLS:
+        raise ConfigError(
+            "PROTOCOL",
+            value or str(number),
+            f"{number} is the kernel's own protocol {KERNEL_PROTOCOLS[number]!r}; "
+            "use a number between 5 and 255 (default 202)",
+        )
+    owner = names.get(number)
+    if owner is not None and not by_name:
+        warnings.append(
+            f"PROTOCOL {number} is registered as {owner!r} in rt_protos: make sure that "
+            "routing daemon does not run here, or choose another number"
+        )
+    return number
+
+
+def read_rt_protos(
+    files: Sequence[str] = RT_PROTOS_FILES, dirs: Sequence[str] = RT_PROTOS_DIRS
+) -> dict[int, str]:
+    """Number -> name from iproute2's rt_protos files (and ``rt_protos.d/*.conf``)."""
+    paths = [*files, *(p for d in dirs for p in sorted(glob.glob(os.path.join(d, "*.conf"))))]
+    out: dict[int, str] = {}
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            fields = line.split("#", 1)[0].split()
+            if len(fields) >= 2:
+                try:
+                    number = int(fields[0], 0)
+                except ValueError:
+                    continue
+                out.setdefault(number, fields[1])
+    return out
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
+_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(var: str, value: str | None, default: float = DEFAULT_RESYNC) -> float:
+    """Seconds (``60``, ``1.5``) or with a unit (``500ms``, ``30s``, ``5m``, ``1h``);
+    between 100 ms and 24 h."""
+    if value is None:
+        return default
+    m = _DURATION.fullmatch(value)
+    if m is None:
+        raise ConfigError(var, value, "not a duration (e.g. 60, 30s, 500ms, 5m)")
+    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if not 0.1 <= seconds <= 86400:
+        raise ConfigError(var, value, "must be between 100ms and 24h")
+    return seconds
+
+
+def parse_http_address(value: str | None) -> tuple[str, int] | None:
+    """``host:port``, ``[v6]:port`` or ``:port`` (all IPv4 addresses); empty = off."""
+    if value is None:
+        return None
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+        if not sep or ":" not in host:
+            raise ConfigError("HTTP_ADDRESS", value, "expected [ipv6]:port")
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep or ":" in host:
+            raise ConfigError(
+                "HTTP_ADDRESS", value, "expected host:port or [ipv6]:port (e.g. 127.0.0.1:9202)"
+            )
+    if not port.isdecimal() or not 0 <= int(port) <= 65535:
+        raise ConfigError("HTTP_ADDRESS", value, "port must be a number 0-65535")
+    if host and not re.fullmatch(r"[A-Za-z0-9.:%_-]+", host):
+        raise ConfigError("HTTP_ADDRESS", value, "not a host name or address")
+    return (host, int(port))

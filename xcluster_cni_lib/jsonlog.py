@@ -1,0 +1,163 @@
+"""Structured JSON log lines: one object per line with ``time``, ``level``, ``msg``, ``logger``
+and the event's fields flattened next to them.
+
+Built on the standard ``logging`` module, so lines logged by other modules (``kube``,
+``netlink``) through ``logging.getLogger(__name__)`` come out in the same shape. Adds a
+``trace`` level below ``debug``. Field names that look like credentials (``token``,
+``password``, ``secret``, ``authorization``, ``bearer``, ``cookie``) are replaced by
+``"[redacted]"`` whatever their value, so a careless call cannot leak a token.
+
+Usage::
+
+    from xcluster_cni_lib import jsonlog
+    jsonlog.setup("info")                      # once, in a main
+    log = jsonlog.get_logger(__name__)
+    log.info("sync done", added=3, duration_s=0.004)
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+from collections.abc import Mapping
+from typing import IO, Any
+
+TRACE = 5
+DEBUG = logging.DEBUG
+INFO = logging.INFO
+logging.addLevelName(TRACE, "TRACE")
+
+LEVELS: dict[str, int] = {
+    "error": logging.ERROR,
+    "warning": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+    "trace": TRACE,
+}
+_NAMES = {
+    logging.CRITICAL: "error",
+    logging.ERROR: "error",
+    logging.WARNING: "warning",
+    logging.INFO: "info",
+    logging.DEBUG: "debug",
+    TRACE: "trace",
+}
+_RESERVED = ("time", "level", "msg", "logger")
+_SECRET_WORDS = ("token", "password", "secret", "authorization", "bearer", "cookie")
+REDACTED = "[redacted]"
+
+
+def _is_secret(key: str) -> bool:
+    lowered = key.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def _jsonable(value: object) -> object:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): REDACTED if _is_secret(str(k)) else _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    to_json = getattr(value, "to_json", None)
+    if callable(to_json):
+        return _jsonable(to_json())
+    return str(value)
+
+
+def render(record: logging.LogRecord) -> str:
+    """One JSON line (without newline) for a log record."""
+    when = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
+    out: dict[str, object] = {
+        "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "level": _NAMES.get(record.levelno, record.levelname.lower()),
+        "msg": record.getMessage(),
+        "logger": record.name,
+    }
+    fields = getattr(record, "fields", None)
+    if isinstance(fields, Mapping):
+        for key, value in fields.items():
+            name = f"field_{key}" if key in _RESERVED else str(key)
+            out[name] = REDACTED if _is_secret(name) else _jsonable(value)
+    if record.exc_info and record.exc_info[1] is not None:
+        out["error"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+    return json.dumps(out, separators=(",", ":"), ensure_ascii=False)
+
+
+class JsonFormatter(logging.Formatter):
+    """A ``logging.Formatter`` producing :func:`render` lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return render(record)
+
+
+def parse_level(text: str) -> int:
+    """``error``, ``info``, ``debug`` or ``trace`` (and ``warning``) to a logging level."""
+    try:
+        return LEVELS[text.strip().lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown log level {text!r} (use one of error, info, debug, trace)"
+        ) from None
+
+
+def setup(level: str | int = "info", stream: IO[str] | None = None) -> logging.Handler:
+    """Send every log record (this library's and its dependencies') as JSON lines to
+    ``stream`` (stderr by default) at ``level`` and above. Replaces the root handlers.
+    Chatty third-party loggers (``urllib3``, ``kubernetes``) are held at ``warning`` unless
+    the level is ``trace``."""
+    numeric = parse_level(level) if isinstance(level, str) else level
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    noisy = logging.WARNING if numeric > TRACE else TRACE
+    for name in ("urllib3", "kubernetes", "pyroute2"):
+        logging.getLogger(name).setLevel(max(noisy, numeric))
+    return handler
+
+
+class StructLogger:
+    """A thin wrapper over a ``logging.Logger``: ``log.info("msg", key=value, ...)``.
+
+    Fields are only rendered when the level is enabled, so ``log.trace(...)`` in a hot
+    loop costs one level check."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def enabled(self, level: int) -> bool:
+        return self.logger.isEnabledFor(level)
+
+    def log(self, level: int, msg: str, /, **fields: Any) -> None:
+        if self.logger.isEnabledFor(level):
+            self.logger.log(level, msg, extra={"fields": fields}, stacklevel=3)
+
+    def error(self, msg: str, /, **fields: Any) -> None:
+        self.log(logging.ERROR, msg, **fields)
+
+    def warning(self, msg: str, /, **fields: Any) -> None:
+        self.log(logging.WARNING, msg, **fields)
+
+    def info(self, msg: str, /, **fields: Any) -> None:
+        self.log(logging.INFO, msg, **fields)
+
+    def debug(self, msg: str, /, **fields: Any) -> None:
+        self.log(logging.DEBUG, msg, **fields)
+
+    def trace(self, msg: str, /, **fields: Any) -> None:
+        self.log(TRACE, msg, **fields)
+
+    def exception(self, msg: str, /, **fields: Any) -> None:
+        if self.logger.isEnabledFor(logging.ERROR):
+            self.logger.error(msg, exc_info=True, extra={"fields": fields}, stacklevel=2)
+
+
+def get_logger(name: str) -> StructLogger:
+    """A :class:`StructLogger` for a module name."""
+    return StructLogger(logging.getLogger(name))

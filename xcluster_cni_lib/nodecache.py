@@ -1,0 +1,186 @@
+"""The compact node cache: a ``NodeSink`` that keeps, per node, only the ``NodeFacts`` and
+the parsed ``NodeNetwork`` (or the reason the node cannot be used).
+
+An incoming fact is compared with the cached one first: a kubelet heartbeat (nothing
+routing-relevant changed) costs one dict lookup and one equality check and notifies
+nobody. Only real changes bump ``generation`` and call the listeners (the reconciler's
+``notify``, a user's overlay script, ...). Listeners run on the source's thread and must
+be quick (set an event, append to a queue).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+
+import attrs
+
+from xcluster_cni_lib import jsonlog
+from xcluster_cni_lib.core.errors import InvalidNode
+from xcluster_cni_lib.core.nodes import parse_facts
+from xcluster_cni_lib.core.values import NodeFacts, NodeNetwork, Problem
+
+log = jsonlog.get_logger(__name__)
+
+Listener = Callable[[], None]
+
+
+@attrs.frozen
+class CachedNode:
+    """One node in the cache: its facts and either its network or why it was skipped."""
+
+    facts: NodeFacts
+    network: NodeNetwork | None
+    problem: Problem | None = None
+
+
+@attrs.frozen
+class CacheView:
+    """A consistent snapshot of the cache for one reconcile."""
+
+    networks: tuple[NodeNetwork, ...]
+    facts: tuple[NodeFacts, ...]
+    skipped: tuple[Problem, ...]
+    synced: bool
+    healthy: bool
+    generation: int
+
+
+class NodeCache:
+    """Implements ``NodeSink``; thread-safe (one writer, any number of readers).
+
+    ``synced`` becomes true with the first complete ``replace_all`` and stays true;
+    ``healthy`` follows ``set_healthy`` (initially false: nothing has been heard yet).
+    """
+
+    def __init__(self, *, cidr_annotation: str | None, address_annotation: str | None) -> None:
+        self.cidr_annotation = cidr_annotation
+        self.address_annotation = address_annotation
+        self._nodes: dict[str, CachedNode] = {}
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self.synced = False
+        self.healthy = False
+        self.generation = 0
+        self.unchanged_events = 0  # upserts that changed nothing (heartbeats)
+
+    # -- listeners -------------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener()`` after every routing-relevant change, sync and health change."""
+        self._listeners.append(listener)
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    # -- NodeSink --------------------------------------------------------------------------
+
+    def upsert(self, node: NodeFacts) -> None:
+        cached = self._nodes.get(node.name)
+        if cached is not None and cached.facts == node:
+            self.unchanged_events += 1
+            return
+        entry = self._parse(node, cached)
+        with self._lock:
+            self._nodes[node.name] = entry
+            self.generation += 1
+        log.debug("node changed", node=node.name, new=cached is None)
+        self._notify()
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            if self._nodes.pop(name, None) is None:
+                return
+            self.generation += 1
+        log.debug("node deleted", node=name)
+        self._notify()
+
+    def replace_all(self, nodes: Iterable[NodeFacts]) -> None:
+        fresh: dict[str, CachedNode] = {}
+        changed = not self.synced
+        old = self._nodes
+        for facts in nodes:
+            cached = old.get(facts.name)
+            if cached is not None and cached.facts == facts:
+                fresh[facts.name] = cached
+            else:
+                fresh[facts.name] = self._parse(facts, cached)
+                changed = True
+        if len(fresh) != len(old):
+            changed = True
+        with self._lock:
+            self._nodes = fresh
+            if changed:
+                self.generation += 1
+            first = not self.synced
+            self.synced = True
+        if first:
+            log.info("node list synced", nodes=len(fresh))
+        if changed:
+            self._notify()
+
+    def set_healthy(self, healthy: bool) -> None:
+        if healthy == self.healthy:
+            return
+        self.healthy = healthy
+        if healthy:
+            log.info("node source healthy")
+        else:
+            log.warning("node source unhealthy; keeping routes as they are")
+        self._notify()
+
+    # -- readers ---------------------------------------------------------------------------
+
+    def snapshot(self) -> CacheView:
+        with self._lock:
+            entries = list(self._nodes.values())
+            synced, healthy, generation = self.synced, self.healthy, self.generation
+        return CacheView(
+            networks=tuple(e.network for e in entries if e.network is not None),
+            facts=tuple(e.facts for e in entries),
+            skipped=tuple(e.problem for e in entries if e.problem is not None),
+            synced=synced,
+            healthy=healthy,
+            generation=generation,
+        )
+
+    def get(self, name: str) -> CachedNode | None:
+        return self._nodes.get(name)
+
+    def names(self) -> list[str]:
+        return list(self._nodes)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    # -- parsing ---------------------------------------------------------------------------
+
+    def _parse(self, facts: NodeFacts, previous: CachedNode | None) -> CachedNode:
+        try:
+            network = parse_facts(
+                facts,
+                cidr_annotation=self.cidr_annotation,
+                address_annotation=self.address_annotation,
+            )
+        except InvalidNode as e:
+            problem = Problem(node=facts.name or "?", reason=e.reason, key=e.key, value=e.value)
+            if previous is None or previous.problem != problem:
+                log.warning(
+                    "node skipped",
+                    node=problem.node,
+                    reason=problem.reason,
+                    key=problem.key,
+                    value=problem.value,
+                )
+            return CachedNode(facts=facts, network=None, problem=problem)
+        if network.problems and (
+            previous is None
+            or previous.network is None
+            or (previous.network.problems != network.problems)
+        ):
+            for p in network.problems:
+                log.warning(
+                    "node partly skipped", node=p.node, reason=p.reason, key=p.key, value=p.value
+                )
+        return CachedNode(facts=facts, network=network)
