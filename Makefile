@@ -4,9 +4,11 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := containernetworking-plugins iproute2 iputils-ping
+# tests/install: the plugin bundle (gcc, libc6-dev) and the image build (podman, runc, debootstrap)
+DEB_PACKAGES += gcc libc6-dev podman runc debootstrap
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck pytest bench soak clean
+.PHONY: setup demo test lint typecheck pytest bench bench-quick soak clean image
 
 setup: $(STAMP)
 
@@ -24,6 +26,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
+	$(VENV)/bin/xcluster-cni plan --nodes-file examples/nodes.json --node-name node-1
 	$(VENV)/bin/xcluster-cni lab demo
 
 test: setup lint typecheck pytest
@@ -38,11 +41,33 @@ typecheck: setup
 pytest: setup
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-bench: setup
+# `make bench` runs every benchmark (several minutes); `make bench BENCH_ARGS=--quick`
+# (or `make bench-quick`) is the short run, under 2 minutes. make itself rejects
+# `make bench --quick`, so the flag goes through BENCH_ARGS. See docs/performance.md.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: setup $(BENCH_STAMP)
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-quick: BENCH_ARGS += --quick
+bench-quick: bench
 
 soak: setup
 	$(PY) tests/soak/run.py $(SOAK_ARGS)
+
+# `make image`: build the image with docker when its daemon answers, else podman
+# (IMAGE=name:tag, IMAGE_BUILD_ARGS for e.g. --build-arg BASE_IMAGE=...). See docs/install.md.
+IMAGE ?= xcluster-cni:latest
+image:
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
+	  echo "docker build -t $(IMAGE) ."; docker build -t $(IMAGE) $(IMAGE_BUILD_ARGS) .; \
+	elif command -v podman >/dev/null 2>&1; then \
+	  echo "podman build -t $(IMAGE) ."; podman build -t $(IMAGE) $(IMAGE_BUILD_ARGS) .; \
+	else echo "make image: neither a running docker nor podman found" >&2; exit 1; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
