@@ -26,7 +26,6 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/xcluster-cni plan --nodes-file examples/nodes.json --node-name node-1
 	$(VENV)/bin/xcluster-cni lab demo
 
 test: setup lint typecheck pytest
