@@ -1,0 +1,152 @@
+"""The bridge MTU follows the interface that holds the node's address, and the
+``install``/``k8smtu`` subcommands as a user runs them."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.apiserver import ApiServerDouble
+from wrappers.daemon import cli
+from xcluster_cni_lib.core.errors import InputError, InvalidNode
+from xcluster_cni_lib.core.values import InterfaceAddress
+from xcluster_cni_lib.install import plan, service
+from xcluster_cni_lib.testing.netns import run_in
+from xcluster_cni_lib.testing.nodes import make_node
+
+INTERFACES = [
+    InterfaceAddress(
+        "eth0", 1500, ipaddress.ip_network("192.168.1.0/24"), ipaddress.ip_address("192.168.1.10")
+    ),
+    InterfaceAddress(
+        "vxlan0", 1450, ipaddress.ip_network("10.200.0.0/16"), ipaddress.ip_address("10.200.0.1")
+    ),
+    InterfaceAddress(
+        "eth1", 9000, ipaddress.ip_network("fd00:1::/64"), ipaddress.ip_address("fd00:1::10")
+    ),
+]
+
+
+def test_mtu_of_the_interface_holding_the_internal_ip() -> None:
+    node = make_node("n1", internal_ips=["192.168.1.10", "fd00:1::10"])
+    assert service.node_mtu(node, INTERFACES, address_annotation=None) == (1500, None)
+
+
+def test_mtu_follows_the_address_annotation_for_overlays() -> None:
+    node = make_node(
+        "n1", internal_ips=["192.168.1.10"], annotations={"example.com/overlay": "10.200.0.1"}
+    )
+    mtu, warning = service.node_mtu(node, INTERFACES, address_annotation="example.com/overlay")
+    assert (mtu, warning) == (1450, None)
+
+
+def test_missing_annotation_names_node_and_key() -> None:
+    node = make_node("n1", internal_ips=["192.168.1.10"])
+    with pytest.raises(InvalidNode, match=r"node n1: .*example.com/overlay"):
+        service.node_mtu(node, INTERFACES, address_annotation="example.com/overlay")
+
+
+def test_no_interface_holds_the_address_gives_default_and_warning() -> None:
+    node = make_node("n1", internal_ips=["172.16.0.5"])
+    mtu, warning = service.node_mtu(node, INTERFACES, address_annotation=None)
+    assert mtu == 1500 and warning and "172.16.0.5" in warning
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, True), ("", True), ("no", False), ("No", False), ("false", False), ("yes", True)],
+)
+def test_install_k8s_net_values(value: str | None, expected: bool) -> None:
+    assert plan.parse_yes_no("INSTALL_K8S_NET", value, default=True) is expected
+
+
+def test_bad_settings_are_named() -> None:
+    with pytest.raises(InputError, match="INSTALL_K8S_NET='maybe'"):
+        plan.parse_yes_no("INSTALL_K8S_NET", "maybe", default=True)
+    with pytest.raises(InputError, match="MTU='100'"):
+        plan.parse_mtu("MTU", "100")
+    with pytest.raises(InputError, match="KUBERNETES_SERVICE_PORT='http'"):
+        plan.api_server_url("10.0.0.1", "http")
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("10.96.0.1", "https://10.96.0.1:443"),
+        ("fd00::1", "https://[fd00::1]:443"),
+        ("[fd00::1]", "https://[fd00::1]:443"),
+        ("api.example.com", "https://api.example.com:443"),
+    ],
+)
+def test_api_server_url(host: str, url: str) -> None:
+    assert plan.api_server_url(host, "443") == url
+
+
+@pytest.mark.root
+def test_k8smtu_reads_the_node_from_the_api_and_the_kernel(netns: str, tmp_path: Path) -> None:
+    run_in(
+        netns,
+        ["ip", "link", "add", "uplink0", "mtu", "1380", "type", "veth", "peer", "name", "uplink0p"],
+    )
+    run_in(netns, ["ip", "addr", "add", "192.168.77.10/24", "dev", "uplink0"])
+    run_in(netns, ["ip", "link", "set", "uplink0", "up"])
+    with ApiServerDouble() as api:
+        api.add_node(make_node("n1", internal_ips=["192.168.77.10"]))
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        mtu = service.detect_mtu("n1", address_annotation=None, kubeconfig=kubeconfig, netns=netns)
+        assert mtu == (1380, None)
+        with pytest.raises(InputError, match="node gone does not exist"):
+            service.detect_mtu("gone", address_annotation=None, kubeconfig=kubeconfig)
+
+
+def _cli_host(tmp_path: Path) -> tuple[list[str], Path]:
+    bin_dir, conf_dir, sa, plugins = (tmp_path / n for n in ("bin", "conf", "sa", "plugins"))
+    for d in (bin_dir, conf_dir, sa, plugins):
+        d.mkdir()
+    (plugins / "loopback").write_bytes(b"\x7fELF loopback")
+    (plugins / "loopback").chmod(0o755)
+    (sa / "token").write_text("tok")
+    (sa / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    argv = [
+        "install",
+        f"--cni-bin-dir={bin_dir}",
+        f"--cni-conf-dir={conf_dir}",
+        f"--service-account-dir={sa}",
+        f"--plugin-dir={plugins}",
+        "--host-cni-conf-dir=/var/lib/rancher/cni/net.d",
+    ]
+    return argv, tmp_path
+
+
+def test_install_subcommand(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv, root = _cli_host(tmp_path)
+    monkeypatch.setenv("NODE_NAME", "node-b")
+    monkeypatch.setenv("MTU", "1400")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    assert cli.main(argv) == 0
+    conflist = json.loads((root / "conf" / "10-xcluster-cni.conflist").read_text())
+    ipam = conflist["plugins"][0]["ipam"]
+    assert ipam["kubeconfig"] == "/var/lib/rancher/cni/net.d/xcluster-cni-kubeconfig"
+    assert (conflist["plugins"][0]["mtu"], ipam["nodeName"]) == (1400, "node-b")
+    assert (root / "bin" / "loopback").exists()
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert lines[-1]["msg"] == "install done"
+    assert "tok" not in json.dumps(lines)  # the token is never logged
+
+
+def test_install_subcommand_bad_setting_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv, root = _cli_host(tmp_path)
+    monkeypatch.setenv("NODE_NAME", "node-b")
+    monkeypatch.setenv("INSTALL_K8S_NET", "maybe")
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "INSTALL_K8S_NET='maybe'" in err[0]
+    assert list((root / "bin").iterdir()) == []  # nothing installed

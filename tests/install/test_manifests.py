@@ -1,0 +1,233 @@
+"""Every manifest in deploy/ is valid against the Kubernetes schemas (offline, strict:
+unknown fields are errors) and grants exactly what the docs promise: read-only access to
+nodes, NET_ADMIN only, a read-only root filesystem, probes on the daemon's endpoints."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from wrappers.daemon import cli
+from wrappers.daemon.install_cmd import INSTALL_ENV
+from xcluster_cni_lib.daemonconfig import DEFAULT_PROTOCOL, SETTINGS, parse_http_address
+from xcluster_cni_lib.install import plan
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+K8S_VERSION = "1.30"
+MANIFESTS = sorted(p for p in DEPLOY.rglob("*.yaml") if not p.name.endswith("-patch.yaml"))
+PATCHES = sorted(DEPLOY.rglob("*-patch.yaml"))
+DAEMONSETS = ["xcluster-cni.yaml", "xcluster-cni-secondary-net.yaml"]
+WORKLOADS = [*DAEMONSETS, "xcluster-cni-static.yaml"]
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _one(name: str, kind: str) -> dict[str, Any]:
+    (doc,) = [d for d in _docs(DEPLOY / name) if d["kind"] == kind]
+    return doc
+
+
+def _pod_spec(name: str) -> dict[str, Any]:
+    path = DEPLOY / name
+    for doc in _docs(path):
+        if doc["kind"] == "DaemonSet":
+            spec: dict[str, Any] = doc["spec"]["template"]["spec"]
+            return spec
+        if doc["kind"] == "Pod":
+            spec = doc["spec"]
+            return spec
+    raise AssertionError(f"{name}: no workload")
+
+
+def _container(spec: dict[str, Any], name: str, *, init: bool) -> dict[str, Any]:
+    containers = spec["initContainers" if init else "containers"]
+    (found,) = [c for c in containers if c["name"] == name]
+    return found  # type: ignore[no-any-return]
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def _validate(doc: dict[str, Any], where: str) -> None:
+    if doc["kind"] == "NetworkAttachmentDefinition":  # a CRD: no upstream schema
+        return
+    try:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        pytest.fail(f"{where}: {doc['kind']} {doc['metadata'].get('name')}: {e.message}")
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_manifest_is_valid_kubernetes(path: Path) -> None:
+    docs = _docs(path)
+    assert docs
+    for doc in docs:
+        _validate(doc, str(path))
+
+
+def test_the_validator_rejects_a_typo() -> None:
+    ds = _one("xcluster-cni.yaml", "DaemonSet")
+    broken = copy.deepcopy(ds)
+    broken["spec"]["template"]["spec"]["hostNetwrok"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", ["xcluster-cni.yaml", "xcluster-cni-static-rbac.yaml"])
+def test_rbac_is_exactly_read_only_nodes(name: str) -> None:
+    role = _one(name, "ClusterRole")
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}
+    ]
+    binding = _one(name, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    account = _one(name, "ServiceAccount")["metadata"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+    ]
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_pod_runs_on_every_node_in_the_host_network(name: str) -> None:
+    spec = _pod_spec(name)
+    assert spec["hostNetwork"] is True
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert {"operator": "Exists"} in spec["tolerations"]  # every taint, every effect
+    if name in DAEMONSETS:
+        assert spec["serviceAccountName"] == "xcluster-cni"
+        ds = _one(name, "DaemonSet")
+        assert ds["metadata"]["namespace"] == "kube-system"
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_install_init_container_mounts_the_host_cni_dirs(name: str) -> None:
+    spec = _pod_spec(name)
+    install = _container(spec, "install", init=True)
+    args = cli.build_parser().parse_args(install["args"])
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    mounts = {m["mountPath"]: host_paths.get(m["name"]) for m in install["volumeMounts"]}
+    assert mounts[str(args.cni_bin_dir)] == "/opt/cni/bin"
+    assert mounts[str(args.cni_conf_dir)] == "/etc/cni/net.d" == args.host_cni_conf_dir
+    env = _env(install)
+    assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert set(env) <= INSTALL_ENV, set(env) - INSTALL_ENV
+    sc = install["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert not sc.get("privileged", False)
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_daemon_container_has_net_admin_only_and_probes(name: str) -> None:
+    spec = _pod_spec(name)
+    daemon = _container(spec, "xcluster-cni", init=False)
+    assert daemon["args"] == ["daemon"]
+    sc = daemon["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    assert sc.get("privileged", False) is False
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+
+    env = _env(daemon)
+    assert set(env) <= set(SETTINGS), set(env) - set(SETTINGS)  # only settings it reads
+    assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    address = parse_http_address(env["HTTP_ADDRESS"])
+    assert address is not None
+    host, port = address
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = daemon[probe]["httpGet"]
+        assert (get["path"], get["port"], get.get("host", host)) == (path, port, host)
+
+    resources = daemon["resources"]
+    assert resources["requests"]["cpu"] and resources["requests"]["memory"]
+    assert resources["limits"]["memory"]
+
+
+def test_secondary_instance_is_separate_from_the_main_one() -> None:
+    main = _pod_spec("xcluster-cni.yaml")
+    second = _pod_spec("xcluster-cni-secondary-net.yaml")
+    main_env = _env(_container(main, "xcluster-cni", init=False))
+    env = _env(_container(second, "xcluster-cni", init=False))
+    assert env["CIDR_ANNOTATION"] and env["ADDRESS_ANNOTATION"]
+    assert int(env["PROTOCOL"]) != int(main_env.get("PROTOCOL", DEFAULT_PROTOCOL))
+    assert env["HTTP_ADDRESS"] != main_env["HTTP_ADDRESS"]
+    install_env = _env(_container(second, "install", init=True))
+    assert plan.parse_yes_no("INSTALL_K8S_NET", install_env["INSTALL_K8S_NET"], default=True) is (
+        False
+    )
+    ds = _one("xcluster-cni-secondary-net.yaml", "DaemonSet")
+    assert ds["metadata"]["name"] != _one("xcluster-cni.yaml", "DaemonSet")["metadata"]["name"]
+
+
+def test_static_pod_names_the_api_server_and_uses_the_written_kubeconfig() -> None:
+    spec = _pod_spec("xcluster-cni-static.yaml")
+    install_env = _env(_container(spec, "install", init=True))
+    plan.api_server_url(
+        install_env["KUBERNETES_SERVICE_HOST"], install_env["KUBERNETES_SERVICE_PORT"]
+    )
+    daemon = _container(spec, "xcluster-cni", init=False)
+    kubeconfig = Path(_env(daemon)["KUBECONFIG"])
+    assert kubeconfig.name == plan.KUBECONFIG_NAME
+    mounts = {m["mountPath"] for m in daemon["volumeMounts"]}
+    assert str(kubeconfig.parent) in mounts
+
+
+def test_all_workloads_use_one_image() -> None:
+    images = set()
+    for name in WORKLOADS:
+        spec = _pod_spec(name)
+        images |= {c["image"] for c in spec["containers"] + spec["initContainers"]}
+    assert len(images) == 1
+
+
+@pytest.mark.parametrize("name", ["nad-kube-node.yaml", "nad-node-annotation.yaml"])
+def test_nad_examples_use_our_ipam_with_the_installed_kubeconfig(name: str) -> None:
+    (nad,) = _docs(DEPLOY / "examples" / name)
+    assert nad["apiVersion"] == "k8s.cni.cncf.io/v1"
+    config = json.loads(nad["spec"]["config"])
+    assert config["cniVersion"] == "1.0.0"
+    (bridge,) = config["plugins"]
+    ipam = bridge["ipam"]
+    assert ipam["type"] in plan.OUR_IPAM_TYPES
+    assert ipam["annotation"]
+    # the node-name file is found beside this kubeconfig (a NAD cannot name the node)
+    assert ipam["kubeconfig"] == f"/etc/cni/net.d/{plan.KUBECONFIG_NAME}"
+    assert "nodeName" not in ipam
+    assert bridge["bridge"] != plan.BRIDGE  # not the main network's bridge
+
+
+def _merge_by_name(base: list[dict[str, Any]], patch: list[dict[str, Any]]) -> None:
+    for item in patch:
+        target = next((b for b in base if b["name"] == item["name"]), None)
+        if target is None:
+            base.append(item)
+            continue
+        for key, value in item.items():
+            if key == "env":
+                _merge_by_name(target.setdefault("env", []), value)
+            else:
+                target[key] = value
+
+
+@pytest.mark.parametrize("path", PATCHES, ids=lambda p: p.name)
+def test_overlay_patch_gives_both_containers_the_address_annotation(path: Path) -> None:
+    ds = copy.deepcopy(_one("xcluster-cni.yaml", "DaemonSet"))
+    patch = yaml.safe_load(path.read_text())["spec"]["template"]["spec"]
+    spec = ds["spec"]["template"]["spec"]
+    _merge_by_name(spec["initContainers"], patch["initContainers"])
+    _merge_by_name(spec["containers"], patch["containers"])
+    _validate(ds, str(path))
+    install = _env(_container(spec, "install", init=True))
+    daemon = _env(_container(spec, "xcluster-cni", init=False))
+    assert install["ADDRESS_ANNOTATION"] == daemon["ADDRESS_ANNOTATION"]
+    assert len(spec["containers"]) == 1 and len(spec["initContainers"]) == 1

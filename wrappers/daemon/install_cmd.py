@@ -1,0 +1,157 @@
+"""``xcluster-cni install`` (the init container's job) and ``xcluster-cni k8smtu``.
+
+Environment (documented in ``docs/install.md``): ``NODE_NAME`` (required),
+``INSTALL_K8S_NET`` (yes/no, default yes), ``ADDRESS_ANNOTATION``, ``MTU``,
+``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT``, ``KUBECONFIG``. Directory flags
+default to the container paths of the DaemonSet's hostPath mounts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+# Every environment variable ``install`` reads (docs/install.md).
+INSTALL_ENV = frozenset(
+    {
+        "NODE_NAME",
+        "INSTALL_K8S_NET",
+        "ADDRESS_ANNOTATION",
+        "MTU",
+        "KUBERNETES_SERVICE_HOST",
+        "KUBERNETES_SERVICE_PORT",
+        "HOST_CNI_CONF_DIR",
+        "LOG_LEVEL",
+        "KUBECONFIG",
+    }
+)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``install`` and ``k8smtu`` subcommands."""
+    install = subparsers.add_parser(
+        "install",
+        help="install the CNI plugins, kubeconfig and main-network config on this host",
+        description="Copy the CNI plugins into the host's CNI bin dir (same version: left "
+        "alone), write the plugins' kubeconfig and node-name file, and write "
+        "10-xcluster-cni.conflist unless an xcluster config is present or "
+        "INSTALL_K8S_NET=no. Every file is written atomically.",
+    )
+    install.add_argument(
+        "--cni-bin-dir",
+        type=Path,
+        default=Path("/cni/bin"),
+        help="the host's CNI bin dir as mounted here [/cni/bin]",
+    )
+    install.add_argument(
+        "--cni-conf-dir",
+        type=Path,
+        default=Path("/cni/net.d"),
+        help="the host's CNI config dir as mounted here [/cni/net.d]",
+    )
+    install.add_argument(
+        "--host-cni-conf-dir",
+        default=os.environ.get("HOST_CNI_CONF_DIR", "/etc/cni/net.d"),
+        help="the CNI config dir as the host sees it, used in the paths "
+        "written into configs [$HOST_CNI_CONF_DIR, /etc/cni/net.d]",
+    )
+    install.add_argument(
+        "--service-account-dir",
+        type=Path,
+        default=Path("/var/run/secrets/kubernetes.io/serviceaccount"),
+        help="where the pod's service-account token and ca.crt are",
+    )
+    install.add_argument(
+        "--plugin-dir",
+        type=Path,
+        default=Path("/opt/xcluster-cni/plugins"),
+        help="the plugins to install: executables and the plugin bundle "
+        "[/opt/xcluster-cni/plugins]",
+    )
+    install.add_argument(
+        "--mtu",
+        default=None,
+        help="bridge MTU; default: the MTU of the interface holding the "
+        "node's address (see k8smtu) [$MTU]",
+    )
+    install.set_defaults(func=run_install)
+
+    mtu = subparsers.add_parser(
+        "k8smtu",
+        help="print the MTU of the interface holding this node's address",
+        description="Read this node from the API server and print the MTU of the local "
+        "interface holding its address (ADDRESS_ANNOTATION's value when set, else the "
+        "InternalIP).",
+    )
+    mtu.add_argument("--node", default=None, help="node name [$NODE_NAME]")
+    mtu.add_argument("--kubeconfig", default=None, help="kubeconfig [$KUBECONFIG, else in-cluster]")
+    mtu.add_argument("--address-annotation", default=None, help="[$ADDRESS_ANNOTATION]")
+    mtu.set_defaults(func=run_k8smtu)
+
+
+def _annotation(value: str | None) -> str | None:
+    value = value if value is not None else os.environ.get("ADDRESS_ANNOTATION")
+    return value or None
+
+
+def run_install(args: argparse.Namespace) -> int:
+    """Run the installer; logs one JSON line per file and returns 0, or raises an
+    ``InputError`` that ``cli.main`` reports in one line."""
+    from xcluster_cni_lib import jsonlog
+    from xcluster_cni_lib.install import plan, service
+
+    jsonlog.setup(os.environ.get("LOG_LEVEL", "info"))
+    log = jsonlog.get_logger("xcluster_cni_lib.install")
+    env = os.environ
+    settings = plan.InstallSettings(
+        node_name=env.get("NODE_NAME", ""),
+        install_k8s_net=plan.parse_yes_no(
+            "INSTALL_K8S_NET", env.get("INSTALL_K8S_NET"), default=True
+        ),
+        host_conf_dir=args.host_cni_conf_dir,
+        mtu=plan.parse_mtu("MTU", args.mtu if args.mtu is not None else env.get("MTU")),
+        address_annotation=_annotation(None),
+    )
+    paths = service.InstallPaths(
+        bin_dir=args.cni_bin_dir,
+        conf_dir=args.cni_conf_dir,
+        service_account_dir=args.service_account_dir,
+        plugin_dir=args.plugin_dir,
+    )
+
+    def detect() -> int:
+        mtu, warning = service.detect_mtu(
+            settings.node_name, address_annotation=settings.address_annotation
+        )
+        if warning:
+            log.warning(warning, node=settings.node_name)
+        return mtu
+
+    for action in service.run_install(settings, paths, env=env, detect_mtu=detect):
+        log.info(
+            f"{action.what} {action.path}",
+            path=action.path,
+            action=action.what,
+            detail=action.detail,
+        )
+    log.info("install done", node=settings.node_name, install_k8s_net=settings.install_k8s_net)
+    return 0
+
+
+def run_k8smtu(args: argparse.Namespace) -> int:
+    """Print the MTU; a warning (no interface holds the address) goes to stderr."""
+    import sys
+
+    from xcluster_cni_lib.install import service
+
+    node = args.node or os.environ.get("NODE_NAME", "")
+    mtu, warning = service.detect_mtu(
+        node,
+        address_annotation=_annotation(args.address_annotation),
+        kubeconfig=args.kubeconfig,
+    )
+    if warning:
+        print(f"xcluster-cni k8smtu: warning: {warning}", file=sys.stderr)
+    print(mtu)
+    return 0
