@@ -16,7 +16,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TMP_PREFIX = ".xcluster-cni-tmp-"
+from xcluster_cni_lib import atomicfile
+from xcluster_cni_lib.atomicfile import TMP_PREFIX, fsync_dir
+
 CHUNK = 1 << 20
 
 
@@ -30,35 +32,13 @@ def file_digest(path: Path) -> str:
 
 
 def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(directory)
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> bool:
     """Write ``data`` to ``path`` atomically with ``mode``; False (nothing written) when
     the file already has exactly this content and mode."""
-    try:
-        st = path.stat()
-        if (st.st_mode & 0o7777) == mode and path.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return True
+    return atomicfile.write_atomic(path, data, mode=mode, skip_unchanged=True)
 
 
 def copy_atomic(src: Path, dst: Path, *, mode: int = 0o755) -> None:

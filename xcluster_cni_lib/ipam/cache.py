@@ -95,23 +95,9 @@ def read_cache(path: str, *, plugin: str) -> tuple[dict[str, Any], list[RangeSet
 
 def write_cache(path: str, doc: dict[str, Any]) -> None:
     """Write the cache atomically, creating its directory."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    data = json.dumps(doc).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        try:  # noqa: SIM105 (contextlib is not imported on the pod-start path)
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from xcluster_cni_lib.atomicfile import write_atomic
+
+    write_atomic(path, json.dumps(doc).encode(), make_dirs=True)
 
 
 def remove_cache(path: str) -> None:

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from xcluster_cni_lib.atomicfile import write_atomic
 from xcluster_cni_lib.core.addresses import parse_address, parse_cidr, split_list
 from xcluster_cni_lib.core.values import IPAddress, IPNetwork
 from xcluster_cni_lib.lab.spec import LabSpec, NetworkSpec, node_name
@@ -107,17 +106,6 @@ def node_list(nodes: Iterable[LabNode], networks: tuple[NetworkSpec, ...]) -> di
 
 
 def write_json_atomically(path: Path, doc: object) -> None:
-    """Write JSON to a temporary file in the same directory, fsync, then rename, so a
-    reader sees the old or the new content, never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON atomically (temporary file, fsync, rename), so a reader sees the old or
+    the new content, never a partial file."""
+    write_atomic(path, (json.dumps(doc, indent=1) + "\n").encode(), make_dirs=True)
