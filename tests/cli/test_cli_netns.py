@@ -66,6 +66,9 @@ def test_kernelroutes_lists_only_its_protocol(node_ns: str) -> None:
     assert json.loads(proc.stdout) == [{"dst": "10.99.0.0/16", "gateway": "192.168.1.9"}]
     proc = cli(node_ns, "kernelroutes", "--protocol", "17")
     assert (proc.returncode, json.loads(proc.stdout)) == (0, [])
+    # a name from rt_protos: "boot" is 3, the kernel's protocol for `ip route add`
+    proc = cli(node_ns, "kernelroutes", "--protocol", "boot")
+    assert json.loads(proc.stdout) == [{"dst": "10.98.0.0/16", "gateway": "192.168.1.8"}]
 
 
 @pytest.mark.parametrize(

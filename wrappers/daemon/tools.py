@@ -33,9 +33,18 @@ def _warn(lines: Iterable[object]) -> None:
 
 
 def _protocol(text: str) -> int:
-    if not text.isdecimal() or not 1 <= int(text) <= 255:
-        raise argparse.ArgumentTypeError(f"not a route protocol number (1-255): {text!r}")
-    return int(text)
+    """A route protocol number 1-255, or a name from iproute2's rt_protos (any protocol
+    can be shown, the kernel's own included)."""
+    from xcluster_cni_lib.daemonconfig import read_rt_protos
+
+    if text.isdecimal() and 1 <= int(text) <= 255:
+        return int(text)
+    by_name = [n for n, name in read_rt_protos().items() if name == text and 1 <= n <= 255]
+    if not by_name:
+        raise argparse.ArgumentTypeError(
+            f"not a route protocol number (1-255) nor a name in rt_protos: {text!r}"
+        )
+    return by_name[0]
 
 
 def _annotation_flags(parser: argparse.ArgumentParser) -> None:
@@ -128,7 +137,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=_protocol,
         metavar="N",
         default=DEFAULT_PROTOCOL,
-        help=f"route protocol number 1-255 [{DEFAULT_PROTOCOL}]",
+        help=f"route protocol: a number 1-255 or a name from rt_protos [{DEFAULT_PROTOCOL}]",
     )
     p.set_defaults(func=cmd_kernelroutes)
 
