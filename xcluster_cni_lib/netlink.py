@@ -24,7 +24,7 @@ import os
 import select
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Final, NamedTuple
 
@@ -192,6 +192,11 @@ class _Held(NamedTuple):
     gateway: IPAddress | None
 
 
+#: A lookup's verdict when it cannot tell who holds a destination (the full dump decides).
+_UNKNOWN: Final = _Held(-1, -1, None)
+#: Errors of a lookup that found no route for the address at all.
+_NO_ROUTE: Final = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ESRCH})
+
 _Key = tuple[int, bytes, int]  # family (4/6), packed destination, prefix length
 
 
@@ -239,6 +244,232 @@ def _outcome(op: str, route: Route, err: int, message: str) -> RouteOutcome:
     return RouteOutcome(op, route, "error", f"{errno.errorcode.get(err, str(err))}: {text}")
 
 
+class _Entry:
+    """One route of ours to a destination, as the tracker knows it, with its ``Route``
+    value once made (kept, so that the next dump need not make it again)."""
+
+    __slots__ = ("gateway", "multipath", "priority", "route")
+
+    def __init__(
+        self, priority: int, gateway: bytes | None, multipath: bool, route: Route | None = None
+    ) -> None:
+        self.priority = priority
+        self.gateway = gateway  # packed; None for a route without a single gateway
+        self.multipath = multipath
+        self.route = route
+
+    def same(self, priority: int, gateway: bytes | None, multipath: bool) -> bool:
+        return self.priority == priority and self.gateway == gateway and self.multipath == multipath
+
+
+def _message_key(msg: rc.RouteMessage) -> _Key:
+    if msg.family == socket.AF_INET:
+        return 4, msg.dst or bytes(4), msg.dst_len
+    return 6, msg.dst or bytes(16), msg.dst_len
+
+
+def _key_network(key: _Key) -> IPNetwork:
+    version, packed, length = key
+    if version == 4:
+        return ipaddress.IPv4Network((packed, length))
+    return ipaddress.IPv6Network((packed, length))
+
+
+def _route_of(dst: IPNetwork, entry: _Entry) -> Route | None:
+    if entry.route is not None or entry.gateway is None or entry.multipath:
+        return entry.route
+    if dst.version == 4:
+        entry.route = Route(dst, ipaddress.IPv4Address(entry.gateway))
+    else:
+        entry.route = Route(dst, ipaddress.IPv6Address(entry.gateway))
+    return entry.route
+
+
+def _same_entries(a: list[_Entry] | None, b: list[_Entry] | None) -> bool:
+    if not a or not b:
+        return not a and not b
+    return len(a) == len(b) and all(
+        any(x.same(y.priority, y.gateway, y.multipath) for y in b) for x in a
+    )
+
+
+def _may_drop_routes(view: memoryview, header: rc.Header) -> bool:
+    """Whether an address's removal may have made the kernel drop routes without an
+    event: any but an IPv6 link-local one (pods' veths come and go with those)."""
+    msg = rc.parse_address(view, header)
+    address = msg.address or b"\0\0"
+    link_local = address[0] == 0xFE and address[1] & 0xC0 == 0x80  # fe80::/10
+    return not (msg.family == socket.AF_INET6 and link_local)
+
+
+class _Tracker:
+    """Our protocol's routes in our table, as last dumped and then kept current from the
+    kernel's change events, which a multicast socket of our own receives.
+
+    Events are read under the table's lock: right after each batch of writes (rtnetlink
+    queues a write's event before it acknowledges the write, so the batch's own events
+    are all there by then) and when asked for changes. Each write that succeeded is
+    noted first, so its own event changes nothing and is not reported; any other event
+    that changes what we know of our routes, and any route of another protocol added to
+    or removed from our table, marks its destination as changed. Lost events (receive
+    buffer overrun) and an address's removal (IPv4 drops routes without an event when the
+    address that made their gateway reachable goes away) make the view unknown until the
+    next full dump; an added address removes no route, and IPv6 link-local addresses
+    (pods' veths) are ignored.
+    """
+
+    def __init__(self, netns: str | None, protocol: int, table: int) -> None:
+        groups = _group_mask(
+            rc.RTNLGRP_IPV4_ROUTE,
+            rc.RTNLGRP_IPV6_ROUTE,
+            rc.RTNLGRP_IPV4_IFADDR,
+            rc.RTNLGRP_IPV6_IFADDR,
+        )
+        self.sock = open_socket(netns, groups=groups)
+        if not _set_option(self.sock, socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES):
+            _set_option(self.sock, socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+        self.sock.setblocking(False)
+        self.buf = bytearray(1 << 16)
+        self.protocol = protocol
+        self.table = table
+        self.valid = False  # the view is complete (a dump, then every event since)
+        self.lost = False  # it was not, since changes were last taken: report "unknown"
+        self.routes: dict[_Key, list[_Entry]] = {}
+        self.changed: set[_Key] = set()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def known_route(self, key: _Key, priority: int, gateway: bytes) -> Route | None:
+        """The ``Route`` value already made for this route, if any."""
+        for entry in self.routes.get(key, ()):
+            if entry.priority == priority and entry.gateway == gateway and not entry.multipath:
+                return entry.route
+        return None
+
+    def reset(self, routes: dict[_Key, list[_Entry]]) -> None:
+        """Start over from a dump of our routes (``drain`` was called before it).
+        Where the dump differs from a valid view, the destinations count as changed,
+        so a consumer that did not ask for the dump still learns of them."""
+        if self.valid:
+            old = self.routes
+            for key in old.keys() | routes.keys():
+                if not _same_entries(old.get(key), routes.get(key)):
+                    self.changed.add(key)
+        self.routes = routes
+        self.valid = True
+        self.drain()  # what changed while the dump ran
+
+    def drain(self) -> None:
+        """Read every queued event and update the view."""
+        view = memoryview(self.buf)
+        while True:
+            try:
+                n = self.sock.recv_into(self.buf)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                self.valid = False  # events were lost
+                self.lost = True
+                continue
+            if not self.valid:
+                continue
+            for header in rc.iter_messages(view, n):
+                if header.msg_type in (rc.RTM_NEWROUTE, rc.RTM_DELROUTE):
+                    self._replay(rc.parse_route(view, header))
+                elif header.msg_type == rc.RTM_DELADDR and _may_drop_routes(view, header):
+                    self.valid = False
+                    self.lost = True
+                    break
+
+    def _replay(self, msg: rc.RouteMessage) -> None:
+        if msg.table != self.table or msg.flags & rc.RTM_F_CLONED:
+            return
+        key = _message_key(msg)
+        priority = msg.priority or 0
+        entries = self.routes.get(key)
+        if msg.protocol != self.protocol or msg.route_type != rc.RTN_UNICAST:
+            # Another's route: it may free or take a destination of ours. A replace
+            # takes the place of whichever route had its metric, ours included.
+            self.changed.add(key)
+            if entries and msg.msg_type == rc.RTM_NEWROUTE and msg.nl_flags & rc.NLM_F_REPLACE:
+                self._remove(key, priority, None)
+            return
+        if msg.msg_type == rc.RTM_DELROUTE:
+            if self._remove(key, priority, msg.gateway):
+                self.changed.add(key)
+            return
+        entry = _Entry(priority, msg.gateway, msg.multipath)
+        if entries is None:
+            self.routes[key] = [entry]
+        elif any(e.same(priority, msg.gateway, msg.multipath) for e in entries):
+            return  # what we know already (the event of our own write)
+        elif msg.nl_flags & rc.NLM_F_REPLACE:
+            entries[:] = [e for e in entries if e.priority != priority]
+            entries.append(entry)
+        else:
+            entries.append(entry)  # an append: one more route for this metric
+        self.changed.add(key)
+
+    def _remove(self, key: _Key, priority: int, gateway: bytes | None) -> bool:
+        entries = self.routes.get(key)
+        if not entries:
+            return False
+        kept = [
+            e
+            for e in entries
+            if e.priority != priority or (gateway is not None and e.gateway != gateway)
+        ]
+        if len(kept) == len(entries):
+            return False
+        if kept:
+            self.routes[key] = kept
+        else:
+            del self.routes[key]
+        return True
+
+    def note(self, msg_type: int, routes: Sequence[Route], results: Sequence[int]) -> None:
+        """Writes that succeeded (errno 0): what the kernel holds now, before their events."""
+        for route, err in zip(routes, results, strict=True):
+            if err:
+                continue
+            key = _key(route)
+            priority = _DEFAULT_PRIORITY[route.family]
+            if msg_type == rc.RTM_DELROUTE:
+                self._remove(key, priority, route.gateway.packed)
+                continue
+            gateway = route.gateway.packed
+            entries = self.routes.get(key)
+            if entries is not None and any(e.same(priority, gateway, False) for e in entries):
+                continue
+            entry = _Entry(priority, gateway, False, Route(route.dst, route.gateway))
+            if entries is None:
+                self.routes[key] = [entry]
+            else:
+                entries[:] = [e for e in entries if e.priority != priority]
+                entries.append(entry)
+
+    def take_changed(self) -> set[IPNetwork] | None:
+        self.drain()
+        changed, self.changed = self.changed, set()
+        if self.lost or not self.valid:
+            self.lost = False
+            return None
+        return {_key_network(k) for k in changed}
+
+    def routes_to(self, dsts: Iterable[IPNetwork]) -> list[Route]:
+        out: list[Route] = []
+        for dst in dsts:
+            key = (dst.version, dst.network_address.packed, dst.prefixlen)
+            for entry in self.routes.get(key, ()):
+                route = _route_of(dst, entry)
+                if route is not None:
+                    out.append(route)
+        return out
+
+
 class NetlinkRouteTable:
     """A kernel route table bound to one route protocol number (``RouteTable``).
 
@@ -246,6 +477,17 @@ class NetlinkRouteTable:
     routes tagged with the protocol, never overwrites or deletes another protocol's route
     (those come back as ``conflict``), and sends many messages per system call. One
     instance holds one socket; calls are serialized, so it may be shared between threads.
+
+    It is also a ``TrackingRouteTable``: after the first ``changed_destinations()`` call
+    it follows the kernel's route events (one more socket), so that a caller can ask
+    which destinations changed and what our routes to them are without a dump.
+
+    Writes never read the whole table. An add is exclusive (create, never overwrite);
+    only when the kernel answers "exists" does one lookup per such destination tell
+    whose route holds it. A replace first looks up its destination (one batched lookup
+    per route): ours is replaced, another protocol's is a conflict, a free destination
+    gets an exclusive add. Only a lookup that cannot tell (the answer came from another
+    table or with another prefix or metric) falls back to a full dump.
     """
 
     def __init__(self, protocol: int, *, netns: str | None = None, table: int = 254) -> None:
@@ -258,6 +500,8 @@ class NetlinkRouteTable:
         self._netns = netns
         self._lock = threading.Lock()
         self._chan = _Channel(netns)
+        self._tracker: _Tracker | None = None
+        self.full_dumps = 0  # dumps of the whole table made to resolve a write (counted for tests)
 
     @property
     def protocol(self) -> int:
@@ -268,8 +512,10 @@ class NetlinkRouteTable:
         return self._table
 
     def close(self) -> None:
-        """Close the socket (the routes stay)."""
+        """Close the sockets (the routes stay)."""
         self._chan.close()
+        if self._tracker is not None:
+            self._tracker.close()
 
     def __enter__(self) -> NetlinkRouteTable:
         return self
@@ -320,17 +566,25 @@ class NetlinkRouteTable:
         """This protocol's routes in this table, both families, as ``Route`` values.
 
         Routes of ours that a ``Route`` cannot describe (no gateway, multipath) are left
-        out and logged at debug level.
+        out and logged at debug level. When tracking, the dump also resets the tracked
+        view (what it shows differently from the view counts as changed).
         """
         with self._lock:
             return self._list_routes()
 
     def _list_routes(self) -> list[Route]:
+        tracker = self._tracker
+        if tracker is not None:
+            tracker.drain()  # the changes so far stay reported
         routes: list[Route] = []
+        entries: dict[_Key, list[_Entry]] = {}
         v4net, v6net = ipaddress.IPv4Network, ipaddress.IPv6Network
         v4addr, v6addr = ipaddress.IPv4Address, ipaddress.IPv6Address
         for family in (socket.AF_INET, socket.AF_INET6):
             for msg in self._dump(family, self._protocol):
+                key = _message_key(msg)
+                priority = msg.priority or 0
+                route: Route | None = None
                 if msg.gateway is None or msg.multipath:
                     log.debug(
                         "ignoring a route of protocol %d without a single gateway: %s/%d",
@@ -338,18 +592,48 @@ class NetlinkRouteTable:
                         _network(family, msg.dst, msg.dst_len).network_address,
                         msg.dst_len,
                     )
-                    continue
-                if family == socket.AF_INET:
-                    dst: IPNetwork = v4net((msg.dst or b"\0\0\0\0", msg.dst_len))
-                    gateway: IPAddress = v4addr(msg.gateway)
                 else:
-                    dst = v6net((msg.dst or bytes(16), msg.dst_len))
-                    gateway = v6addr(msg.gateway)
-                routes.append(Route(dst, gateway))
+                    if tracker is not None:  # made for an earlier dump or write: reuse
+                        route = tracker.known_route(key, priority, msg.gateway)
+                    if route is None:
+                        if family == socket.AF_INET:
+                            dst: IPNetwork = v4net((key[1], msg.dst_len))
+                            gateway: IPAddress = v4addr(msg.gateway)
+                        else:
+                            dst = v6net((key[1], msg.dst_len))
+                            gateway = v6addr(msg.gateway)
+                        route = Route(dst, gateway)
+                    routes.append(route)
+                if tracker is not None:
+                    entry = _Entry(priority, msg.gateway, msg.multipath, route)
+                    entries.setdefault(key, []).append(entry)
+        if tracker is not None:
+            tracker.reset(entries)
         return routes
+
+    def changed_destinations(self) -> set[IPNetwork] | None:
+        """Destinations whose routes changed since the last call, other than by this
+        table's own writes: a route of ours added, changed or deleted by someone else, or
+        a route of another protocol added to or removed from our table. ``None`` when
+        that is unknown (the first call, which starts tracking; events lost; an address
+        removed): call ``list_routes`` then. One consumer only."""
+        with self._lock:
+            if self._tracker is None:
+                self._tracker = _Tracker(self._netns, self._protocol, self._table)
+                return None
+            return self._tracker.take_changed()
+
+    def routes_to(self, dsts: Iterable[IPNetwork]) -> list[Route]:
+        """Our routes to these destinations as tracked (no kernel round trip). Only
+        meaningful while tracking, after ``list_routes``."""
+        with self._lock:
+            if self._tracker is None or not self._tracker.valid:
+                raise RuntimeError("routes_to needs a tracked view: call list_routes first")
+            return self._tracker.routes_to(dsts)
 
     def _holders(self) -> dict[_Key, list[_Held]]:
         """Every unicast route of our table (any protocol), by destination."""
+        self.full_dumps += 1
         held: dict[_Key, list[_Held]] = {}
         for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
             size = 4 if version == 4 else 16
@@ -360,20 +644,73 @@ class NetlinkRouteTable:
                 held.setdefault(key, []).append(_Held(msg.protocol, priority, gateway))
         return held
 
+    def _look_up(self, routes: Sequence[Route]) -> list[_Held | None]:
+        """Who holds each route's destination at our metric: a ``_Held``, ``None`` when
+        nothing does as far as the lookup sees, ``_UNKNOWN`` when it cannot tell. One
+        RTM_GETROUTE per route, many per ``send``."""
+        chan = self._chan
+        out = bytearray(BATCH_BYTES)
+        verdicts: list[_Held | None] = []
+        start = 0
+        while start < len(routes):
+            chunk = routes[start : start + chan.batch_messages]
+            base = chan.next_seq(len(chunk))
+            count, length = rc.encode_lookups(
+                out, chunk, flags=rc.NLM_F_REQUEST, last_flags=rc.NLM_F_ACK, seq=base
+            )
+            replies: dict[int, rc.RouteMessage] = {}
+            results = self._send_and_collect(out, length, base, count, replies=replies)
+            for i in range(count):
+                verdicts.append(self._verdict(chunk[i], replies.get(i), results[i][0]))
+            start += count
+        return verdicts
+
+    def _verdict(self, route: Route, reply: rc.RouteMessage | None, err: int) -> _Held | None:
+        if reply is None:
+            return None if err in _NO_ROUTE else _UNKNOWN
+        dst = route.dst
+        if reply.table != self._table or reply.dst_len > dst.prefixlen:
+            return _UNKNOWN
+        if reply.dst_len < dst.prefixlen:
+            return None  # the best match in our table is a shorter prefix: nothing at ours
+        if (reply.dst or bytes(len(dst.network_address.packed))) != dst.network_address.packed:
+            return _UNKNOWN
+        priority = reply.priority or 0
+        default = _DEFAULT_PRIORITY[dst.version]
+        if priority > default:
+            return None  # the lowest metric at this destination is above ours: none at ours
+        if priority < default:
+            return _UNKNOWN  # it hides whatever may hold our metric
+        family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
+        gateway = _address(family, reply.gateway) if reply.gateway else None
+        return _Held(reply.protocol, priority, gateway)
+
     # -- writing -----------------------------------------------------------------------
 
     def apply(self, plan: Plan) -> list[RouteOutcome]:
-        """Apply ``plan``: deletes, then replaces, then adds; one outcome per planned route,
-        in that order. A failed route never stops the others."""
+        """Apply ``plan``; one outcome per planned route, deletes first, then replaces,
+        then adds. A failed route never stops the others.
+
+        The writes go replaces first, then adds, then deletes: a replaced destination's
+        route is rewritten in place before its old-gateway route's delete (which then
+        finds it gone), so the destination is never without a route meanwhile."""
         with self._lock:
-            outcomes = self._delete(plan.delete)
-            outcomes += self._replace(plan.replace)
-            outcomes += self._add(plan.add)
+            replaced = self._replace(plan.replace)
+            added = self._add(plan.add)
+            outcomes = self._delete(plan.delete) + replaced + added
+            tracker = self._tracker
+            if tracker is not None:
+                # adds found in place count as done: the view has them too
+                done = [o.route for o in outcomes if o.ok and o.op != "delete"]
+                tracker.note(rc.RTM_NEWROUTE, done, [0] * len(done))
+                tracker.drain()
             return outcomes
 
     def _delete(self, routes: Sequence[Route]) -> list[RouteOutcome]:
-        # Filtered on our protocol (and table) by the kernel: never removes another's route.
-        results = self._batch(rc.RTM_DELROUTE, 0, routes, gateway=False)
+        # Filtered on our protocol (and table) by the kernel: never removes another's
+        # route; and on the gateway, so the old-gateway delete of a destination replaced
+        # just before finds it gone instead of removing the new route.
+        results = self._batch(rc.RTM_DELROUTE, 0, routes, gateway=True)
         return [
             _outcome("delete", r, err, msg) for r, (err, msg) in zip(routes, results, strict=True)
         ]
@@ -381,56 +718,105 @@ class NetlinkRouteTable:
     def _replace(self, routes: Sequence[Route]) -> list[RouteOutcome]:
         if not routes:
             return []
-        held = self._holders()
         outcomes: list[RouteOutcome | None] = [None] * len(routes)
-        todo: list[int] = []
-        for i, route in enumerate(routes):
-            foreign = self._foreign_holder(route, held)
-            if foreign is not None:
-                outcomes[i] = self._conflict("replace", route, foreign)
+        ours: list[int] = []
+        free: list[int] = []
+        unsure: list[int] = []
+        for i, holder in enumerate(self._look_up(routes)):
+            if holder is _UNKNOWN:
+                unsure.append(i)
+            elif holder is None:
+                free.append(i)
+            elif holder.protocol != self._protocol:
+                outcomes[i] = self._conflict("replace", routes[i], holder)
             else:
-                todo.append(i)
-        todo_routes = [routes[i] for i in todo]
-        flags = rc.NLM_F_CREATE | rc.NLM_F_REPLACE
-        results = self._batch(rc.RTM_NEWROUTE, flags, todo_routes, gateway=True)
-        for i, (err, msg) in zip(todo, results, strict=True):
-            outcomes[i] = _outcome("replace", routes[i], err, msg)
+                ours.append(i)
+        if unsure:
+            held = self._holders()
+            for i in unsure:
+                foreign = self._foreign_holder(routes[i], held)
+                if foreign is not None:
+                    outcomes[i] = self._conflict("replace", routes[i], foreign)
+                else:
+                    ours.append(i)
+        self._write(rc.NLM_F_CREATE | rc.NLM_F_REPLACE, "replace", routes, sorted(ours), outcomes)
+        if free:
+            # nothing of ours to replace: create, but never over a route that appeared
+            errs = self._write(rc.NLM_F_CREATE | rc.NLM_F_EXCL, "replace", routes, free, outcomes)
+            taken = [i for i, err in zip(free, errs, strict=True) if err == errno.EEXIST]
+            if taken:
+                held = self._holders()
+                again: list[int] = []
+                for i in taken:
+                    foreign = self._foreign_holder(routes[i], held)
+                    if foreign is not None:
+                        outcomes[i] = self._conflict("replace", routes[i], foreign)
+                    else:
+                        again.append(i)
+                self._write(rc.NLM_F_CREATE | rc.NLM_F_REPLACE, "replace", routes, again, outcomes)
         return [o for o in outcomes if o is not None]
+
+    def _write(
+        self,
+        flags: int,
+        op: str,
+        routes: Sequence[Route],
+        indexes: Sequence[int],
+        outcomes: list[RouteOutcome | None],
+    ) -> list[int]:
+        """Write ``routes[i]`` for each index with ``flags``; its outcome into
+        ``outcomes[i]``. Returns the errno per index."""
+        if not indexes:
+            return []
+        chosen = [routes[i] for i in indexes]
+        results = self._batch(rc.RTM_NEWROUTE, flags, chosen, gateway=True)
+        for i, (err, msg) in zip(indexes, results, strict=True):
+            outcomes[i] = _outcome(op, routes[i], err, msg)
+        return [err for err, _ in results]
 
     def _add(self, routes: Sequence[Route]) -> list[RouteOutcome]:
         flags = rc.NLM_F_CREATE | rc.NLM_F_EXCL
         results = self._batch(rc.RTM_NEWROUTE, flags, routes, gateway=True)
-        outcomes = [
+        outcomes: list[RouteOutcome | None] = [
             _outcome("add", r, err, msg) for r, (err, msg) in zip(routes, results, strict=True)
         ]
         existing = [i for i, (err, _) in enumerate(results) if err == errno.EEXIST]
         if not existing:
-            return outcomes
+            return [o for o in outcomes if o is not None]
         # Something holds these destinations: find out what before deciding.
-        held = self._holders()
         ours_elsewhere: list[int] = []
-        for i in existing:
+        unsure: list[int] = []
+        for i, holder in zip(existing, self._look_up([routes[i] for i in existing]), strict=True):
             route = routes[i]
-            foreign = self._foreign_holder(route, held)
-            if foreign is not None:
-                outcomes[i] = self._conflict("add", route, foreign)
-                continue
-            mine = [h for h in held.get(_key(route), ()) if h.protocol == self._protocol]
-            if any(h.gateway == route.gateway for h in mine):
+            if holder is _UNKNOWN or holder is None:
+                unsure.append(i)  # None: "exists", yet the lookup sees nothing; ask the dump
+            elif holder.protocol != self._protocol:
+                outcomes[i] = self._conflict("add", route, holder)
+            elif holder.gateway == route.gateway:
                 outcomes[i] = RouteOutcome("add", route)  # already there, as planned
-            elif mine:
-                ours_elsewhere.append(i)  # our own route, stale gateway: replace it
             else:
-                outcomes[i] = RouteOutcome(
-                    "add", route, "error", "EEXIST: a route appeared and vanished meanwhile"
-                )
-        if ours_elsewhere:
-            again = [routes[i] for i in ours_elsewhere]
-            flags = rc.NLM_F_CREATE | rc.NLM_F_REPLACE
-            results = self._batch(rc.RTM_NEWROUTE, flags, again, gateway=True)
-            for i, (err, msg) in zip(ours_elsewhere, results, strict=True):
-                outcomes[i] = _outcome("add", routes[i], err, msg)
-        return outcomes
+                ours_elsewhere.append(i)  # our own route, stale gateway: replace it
+        if unsure:
+            held = self._holders()
+            for i in unsure:
+                route = routes[i]
+                foreign = self._foreign_holder(route, held)
+                if foreign is not None:
+                    outcomes[i] = self._conflict("add", route, foreign)
+                    continue
+                mine = [h for h in held.get(_key(route), ()) if h.protocol == self._protocol]
+                if any(h.gateway == route.gateway for h in mine):
+                    outcomes[i] = RouteOutcome("add", route)
+                elif mine:
+                    ours_elsewhere.append(i)
+                else:
+                    outcomes[i] = RouteOutcome(
+                        "add", route, "error", "EEXIST: a route appeared and vanished meanwhile"
+                    )
+        self._write(
+            rc.NLM_F_CREATE | rc.NLM_F_REPLACE, "add", routes, sorted(ours_elsewhere), outcomes
+        )
+        return [o for o in outcomes if o is not None]
 
     def _foreign_holder(self, route: Route, held: dict[_Key, list[_Held]]) -> _Held | None:
         """The other protocol's route that an add/replace of ``route`` would collide with
@@ -461,8 +847,11 @@ class NetlinkRouteTable:
         of the batch has been read and the requests without an answer succeeded. This
         saves one ``recv`` per route. If the kernel drops answers (receive buffer
         overrun), the batch's unanswered routes are reported as errors, to be retried.
+        When tracking, each send's successful writes are noted and the events read, so
+        that neither piles up.
         """
         chan = self._chan
+        tracker = self._tracker
         if msg_type == rc.RTM_DELROUTE:
             scope, route_type = rc.RT_SCOPE_NOWHERE, rc.RTN_UNSPEC
         else:
@@ -487,13 +876,25 @@ class NetlinkRouteTable:
                 scope=scope,
                 route_type=route_type,
             )
-            results.extend(self._send_and_collect(out, length, base, count))
+            sent = self._send_and_collect(out, length, base, count)
+            results.extend(sent)
+            if tracker is not None:
+                tracker.note(msg_type, routes[start : start + count], [e for e, _ in sent])
+                tracker.drain()
             start += count
         return results
 
     def _send_and_collect(
-        self, out: bytearray, length: int, base: int, count: int
+        self,
+        out: bytearray,
+        length: int,
+        base: int,
+        count: int,
+        *,
+        replies: dict[int, rc.RouteMessage] | None = None,
     ) -> list[tuple[int, str]]:
+        """Send ``count`` requests numbered from ``base``; (errno, message) per request.
+        Route messages answering a request (lookups) go to ``replies`` by index."""
         chan = self._chan
         failed: dict[int, tuple[int, str]] = {}
         chan.sock.send(memoryview(out)[:length])
@@ -517,15 +918,19 @@ class NetlinkRouteTable:
                     continue
                 raise
             for header in rc.iter_messages(view, n):
+                index = (header.seq - base) & 0xFFFFFFFF
+                if index >= count:
+                    continue
+                if header.msg_type == rc.RTM_NEWROUTE and replies is not None:
+                    replies[index] = rc.parse_route(view, header)
+                    continue
                 if header.msg_type != rc.NLMSG_ERROR:
                     continue
-                index = (header.seq - base) & 0xFFFFFFFF
-                if index < count:
-                    ack = rc.parse_ack(view, header)
-                    if ack.error:
-                        failed[index] = (ack.error, ack.message)
-                    if index == last:
-                        done = True
+                ack = rc.parse_ack(view, header)
+                if ack.error:
+                    failed[index] = (ack.error, ack.message)
+                if index == last:
+                    done = True
         ok = (0, "")
         if done and not overrun:
             return [failed.get(i, ok) for i in range(count)]

@@ -11,6 +11,7 @@ be quick (set an event, append to a queue).
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
 
 import attrs
@@ -23,6 +24,9 @@ from xcluster_cni_lib.core.values import NodeFacts, NodeNetwork, Problem
 log = jsonlog.get_logger(__name__)
 
 Listener = Callable[[], None]
+
+#: How many per-node changes ``changes_since`` remembers; older ones mean "everything".
+JOURNAL_SIZE = 4096
 
 
 @attrs.frozen
@@ -63,6 +67,8 @@ class NodeCache:
         self.healthy = False
         self.generation = 0
         self.unchanged_events = 0  # upserts that changed nothing (heartbeats)
+        # (generation, node name) per change; None as the name: a full list replaced all
+        self._journal: deque[tuple[int, str | None]] = deque(maxlen=JOURNAL_SIZE)
 
     # -- listeners -------------------------------------------------------------------------
 
@@ -85,6 +91,7 @@ class NodeCache:
         with self._lock:
             self._nodes[node.name] = entry
             self.generation += 1
+            self._journal.append((self.generation, node.name))
         log.debug("node changed", node=node.name, new=cached is None)
         self._notify()
 
@@ -93,6 +100,7 @@ class NodeCache:
             if self._nodes.pop(name, None) is None:
                 return
             self.generation += 1
+            self._journal.append((self.generation, name))
         log.debug("node deleted", node=name)
         self._notify()
 
@@ -113,6 +121,7 @@ class NodeCache:
             self._nodes = fresh
             if changed:
                 self.generation += 1
+                self._journal.append((self.generation, None))
             first = not self.synced
             self.synced = True
         if first:
@@ -144,6 +153,30 @@ class NodeCache:
             healthy=healthy,
             generation=generation,
         )
+
+    def changes_since(self, generation: int) -> tuple[int, dict[str, CachedNode | None]] | None:
+        """The nodes changed after ``generation`` (an earlier ``generation`` value):
+        ``(current generation, {name: its entry now, or None if deleted})``. ``None``
+        when that is not known node by node (a full list replaced the view since, or
+        the journal does not reach back that far): read a ``snapshot`` instead."""
+        with self._lock:
+            current = self.generation
+            if generation == current:
+                return current, {}
+            if generation > current:
+                return None
+            names: set[str] = set()
+            reached = False
+            for gen, name in reversed(self._journal):
+                if gen <= generation:
+                    reached = True
+                    break
+                if name is None:
+                    return None
+                names.add(name)
+            if not reached and (not self._journal or self._journal[0][0] != generation + 1):
+                return None
+            return current, {name: self._nodes.get(name) for name in names}
 
     def get(self, name: str) -> CachedNode | None:
         return self._nodes.get(name)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from xcluster_cni_lib.core.values import NodeFacts, Plan, Route, RouteOutcome
+from xcluster_cni_lib.core.values import IPNetwork, NodeFacts, Plan, Route, RouteOutcome
 
 
 class NodeSink(Protocol):
@@ -42,4 +42,20 @@ class RouteTable(Protocol):
 
     def apply(self, plan: Plan) -> list[RouteOutcome]:
         """Apply a plan in batches; one outcome per planned route."""
+        ...
+
+
+@runtime_checkable
+class TrackingRouteTable(RouteTable, Protocol):
+    """A route table that also follows the kernel's changes, so that a reconciler can
+    work on the destinations that changed instead of dumping the table
+    (``netlink.NetlinkRouteTable``)."""
+
+    def changed_destinations(self) -> set[IPNetwork] | None:
+        """Destinations whose routes changed since the last call or ``list_routes``, not
+        counting this table's own writes; ``None`` when unknown (call ``list_routes``)."""
+        ...
+
+    def routes_to(self, dsts: Iterable[IPNetwork]) -> list[Route]:
+        """Routes of this protocol to these destinations, as tracked (no dump)."""
         ...

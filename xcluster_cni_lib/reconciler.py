@@ -1,8 +1,14 @@
 """The level-triggered route reconciler.
 
-Events only *notify*; a reconcile always starts from the whole current cache: desired
-routes from the core planner, present routes listed from the table, a plan, one batched
-apply. Rules that keep it safe:
+Events only *notify*; the reconciler then works from the current cache, never from the
+events. A *full* reconcile (at start, every ``resync_interval``, and whenever the
+narrower kind cannot be trusted) takes the whole cache: desired routes from the core
+planner, present routes listed from the table, a plan, one batched apply. With a table
+that tracks the kernel's changes (``TrackingRouteTable``, e.g. ``NetlinkRouteTable``),
+the reconciles in between are *incremental*: they plan only the destinations of the
+nodes that changed (the cache's journal says which) and those the kernel reports as
+changed by someone else, against the table's tracked view, without a dump. Our own
+writes' events are known to the table and cost nothing. Rules that keep it safe:
 
 - nothing is deleted before the node view has completed its first full list (``synced``),
   nor while the source is unhealthy (the view may be stale): deletes are held back and
@@ -29,11 +35,11 @@ import attrs
 
 from xcluster_cni_lib import jsonlog
 from xcluster_cni_lib.core.ownnode import find_own
-from xcluster_cni_lib.core.planning import desired_routes, plan_routes
-from xcluster_cni_lib.core.values import IPNetwork, Plan, Problem, Route, RouteOutcome
+from xcluster_cni_lib.core.planning import DesiredRoutes, plan_routes
+from xcluster_cni_lib.core.values import IPNetwork, NodeNetwork, Plan, Problem, Route, RouteOutcome
 from xcluster_cni_lib.metrics import DaemonMetrics
-from xcluster_cni_lib.nodecache import CacheView, NodeCache
-from xcluster_cni_lib.protocols import RouteTable
+from xcluster_cni_lib.nodecache import CachedNode, CacheView, NodeCache
+from xcluster_cni_lib.protocols import RouteTable, TrackingRouteTable
 
 log = jsonlog.get_logger(__name__)
 
@@ -53,6 +59,7 @@ class SyncResult:
     skipped_nodes: int = 0
     duration: float = 0.0
     plan: Plan = attrs.field(factory=Plan)
+    full: bool = True  # a full reconcile (else an incremental one)
 
     @property
     def ok(self) -> bool:
@@ -67,8 +74,9 @@ class Reconciler:
     """Keeps a ``RouteTable`` in line with a ``NodeCache``.
 
     ``node_name``/``machine_id`` identify the own node, which gets no route. Call
-    :meth:`run_once` yourself, or :meth:`run` in a thread until ``stop`` is set;
-    :meth:`notify` (subscribe it to the cache, give it to a route monitor) wakes the loop.
+    :meth:`run_once` (full) or :meth:`run_changes` (incremental) yourself, or :meth:`run`
+    in a thread until ``stop`` is set; :meth:`notify` (subscribe it to the cache) and
+    :meth:`notify_kernel` (give it to a route monitor) wake the loop.
     """
 
     def __init__(
@@ -97,8 +105,19 @@ class Reconciler:
         self.clock = clock
         self._wake = threading.Event()
         self._node_change = False
-        self._desired_cache: tuple[tuple[int, int], list[Route], list[Problem]] | None = None
-        self._installed: frozenset[Route] = frozenset()
+        self._tracking = isinstance(table, TrackingRouteTable)
+        # what the last reconcile left: desired routes as of cache generation `_generation`
+        self._state: DesiredRoutes | None = None
+        self._generation = -1
+        self._by_machine_id: frozenset[str] = frozenset()  # nodes with our machine id
+        self._skipped: dict[str, Problem] = {}
+        # our routes in the kernel, by destination, and their number
+        self._installed: dict[IPNetwork, tuple[Route, ...]] = {}
+        self._installed_count = 0
+        self._failed: dict[IPNetwork, RouteOutcome] = {}  # by destination, until fixed
+        self._tracked = False  # the table's tracked view is valid since our last full pass
+        self._view_flags = (False, False)  # (synced, healthy) at the last full reconcile
+        self._last_full = -1e9  # when the last full reconcile started
         self._retry_delay = 0.0
         self._conflicts_seen: frozenset[Route] = frozenset()
         self.syncs = 0
@@ -125,18 +144,25 @@ class Reconciler:
 
         Not held back by the coalescing window: restoring a removed route is urgent, and
         the echo of our own writes (the monitor reports them too) must not delay the
-        next node change. A reconcile on an unchanged table costs one list and no write."""
+        next node change. With a tracking table, the echo of our own writes is known
+        and costs no reconcile; otherwise a reconcile of an unchanged table costs one
+        list and no write."""
         self._wake.set()
 
     # -- one reconcile ---------------------------------------------------------------------
 
     def run_once(self) -> SyncResult:
-        """Reconcile once, now. Raises only when listing the table fails."""
+        """Reconcile everything, now (a full reconcile). Raises only when listing the
+        table fails."""
         started = self.clock()
+        self._last_full = started
         view = self.cache.snapshot()
-        desired, problems = self._desired(view)
+        state = self._desired(view)
+        if self._tracking:
+            # start tracking (first call) or drop the changes seen so far: the list covers them
+            self.table.changed_destinations()  # type: ignore[attr-defined]
         present = self.table.list_routes()
-        plan = plan_routes(desired, present)
+        plan = plan_routes(state.routes.values(), present)
 
         deferred = 0
         if plan.delete and not (view.synced and view.healthy):
@@ -151,36 +177,149 @@ class Reconciler:
         outcomes = self.table.apply(plan) if plan else []
         failures = tuple(o for o in outcomes if not o.ok)
         failed = {o.route for o in failures}
-
-        restored = [r for r in (*plan.add, *plan.replace) if r in self._installed]
+        restored = [r for r in (*plan.add, *plan.replace) if r in self._installed.get(r.dst, ())]
         restored = [r for r in restored if r not in failed]
-        for r in restored:
-            log.info("route restored", dst=str(r.dst), gateway=str(r.gateway), node=r.node)
 
         # What our protocol holds now: present, minus what was deleted, plus what went in.
-        if outcomes:
-            by_dst: dict[IPNetwork, set[Route]] = {}
-            for p in present:
-                by_dst.setdefault(p.dst, set()).add(p)
-            for o in outcomes:
-                if not o.ok:
-                    continue
-                if o.op == "delete":
-                    by_dst.get(o.route.dst, set()).discard(o.route)
+        by_dst: dict[IPNetwork, tuple[Route, ...]] = {}
+        for p in present:
+            there = by_dst.get(p.dst)
+            if there is None:
+                by_dst[p.dst] = (p,)
+            elif p not in there:
+                by_dst[p.dst] = (*there, p)
+        for o in outcomes:
+            if not o.ok:
+                continue
+            if o.op == "delete":
+                left = tuple(r for r in by_dst.get(o.route.dst, ()) if r != o.route)
+                if left:
+                    by_dst[o.route.dst] = left
                 else:
-                    by_dst[o.route.dst] = {o.route}
-            self._installed = frozenset(r for rs in by_dst.values() for r in rs)
-        else:
-            self._installed = frozenset(present)
-        now_present = self._installed
+                    by_dst.pop(o.route.dst, None)
+            else:
+                by_dst[o.route.dst] = (o.route,)
+        self._installed = by_dst
+        self._installed_count = sum(len(rs) for rs in by_dst.values())
+        self._failed = {f.route.dst: f for f in failures}
+        self._skipped = {p.node: p for p in view.skipped}
+        self._tracked = self._tracking
+        self._view_flags = (view.synced, view.healthy)
+        return self._finish(
+            started=started,
+            plan=plan,
+            outcomes=outcomes,
+            deferred=deferred,
+            restored=restored,
+            synced=view.synced,
+            full=True,
+        )
 
+    def run_changes(self, *, retry: bool = False) -> SyncResult | None:
+        """Reconcile what changed since the last reconcile: the destinations of the nodes
+        that changed in the cache and those the table reports as changed in the kernel
+        (and, with ``retry``, those whose route operations failed). ``None`` when nothing
+        changed. Falls back to :meth:`run_once` when that is not known exactly: the
+        table does not track, the cache was replaced by a full list, the node view is not
+        synced or healthy (deletes are then deferred), the own node or an overlap is
+        involved, or the kernel's events were lost."""
+        cache, state = self.cache, self._state
+        if (
+            state is None
+            or not self._tracked
+            or not (cache.synced and cache.healthy)
+            or self._view_flags != (True, True)
+        ):
+            return self.run_once()
+        started = self.clock()
+        changes = cache.changes_since(self._generation)
+        if changes is None:
+            return self.run_once()
+        generation, entries = changes
+        if entries and self._own_affected(state, entries):
+            return self.run_once()
+        table: TrackingRouteTable = self.table  # type: ignore[assignment]
+        kernel = table.changed_destinations()
+        if kernel is None:
+            return self.run_once()
+        dirty = set(kernel)
+        if entries:
+            networks: dict[str, NodeNetwork | None] = {}
+            for name, entry in entries.items():
+                problem = entry.problem if entry is not None else None
+                if problem is None:
+                    self._skipped.pop(name, None)
+                else:
+                    self._skipped[name] = problem
+                networks[name] = entry.network if entry is not None else None
+            touched = state.update(networks)
+            self._generation = generation
+            if touched is None:  # an overlap: everything was computed again
+                return self.run_once()
+            dirty |= touched
+        if retry:
+            dirty |= self._failed.keys()
+        if not dirty and not entries:
+            return None
+
+        wanted = state.routes
+        present = table.routes_to(dirty)
+        plan = plan_routes((wanted[d] for d in dirty if d in wanted), present)
+        outcomes = table.apply(plan) if plan else []
+        failures = tuple(o for o in outcomes if not o.ok)
+        failed = {o.route for o in failures}
+        restored = [r for r in (*plan.add, *plan.replace) if r in self._installed.get(r.dst, ())]
+        restored = [r for r in restored if r not in failed]
+
+        after: dict[IPNetwork, tuple[Route, ...]] = {}
+        for r in table.routes_to(dirty) if outcomes else present:
+            after[r.dst] = (*after.get(r.dst, ()), r)
+        for dst in dirty:
+            self._installed_count -= len(self._installed.pop(dst, ()))
+            self._failed.pop(dst, None)
+        for dst, routes in after.items():
+            self._installed[dst] = routes
+            self._installed_count += len(routes)
+        for f in failures:
+            self._failed[f.route.dst] = f
+        return self._finish(
+            started=started,
+            plan=plan,
+            outcomes=outcomes,
+            deferred=0,
+            restored=restored,
+            synced=True,
+            full=False,
+        )
+
+    def _finish(
+        self,
+        *,
+        started: float,
+        plan: Plan,
+        outcomes: Sequence[RouteOutcome],
+        deferred: int,
+        restored: Sequence[Route],
+        synced: bool,
+        full: bool,
+    ) -> SyncResult:
+        """Log, count and report one reconcile."""
+        state = self._state
+        assert state is not None
+        for r in restored:
+            log.info("route restored", dst=str(r.dst), gateway=str(r.gateway), node=r.node)
+        failures = tuple(o for o in outcomes if not o.ok)
         self._report_failures(failures)
+        self._conflicts_seen = frozenset(
+            f.route for f in self._failed.values() if f.status == "conflict"
+        )
+        problems = state.problems()
         moved = {r.dst for r in plan.replace}  # their old-gateway deletes are part of the replace
-        skipped = len(view.skipped) + len({p.node for p in problems})
+        skipped = len(self._skipped) + len({p.node for p in problems})
         duration = self.clock() - started
         result = SyncResult(
-            desired=len(desired),
-            installed=len(now_present),
+            desired=len(state.routes),
+            installed=self._installed_count,
             added=sum(1 for o in outcomes if o.op == "add" and o.ok),
             replaced=sum(1 for o in outcomes if o.op == "replace" and o.ok),
             deleted=sum(
@@ -192,12 +331,13 @@ class Reconciler:
             skipped_nodes=skipped,
             duration=duration,
             plan=plan,
+            full=full,
         )
         self.syncs += 1
         self.last_result = result
-        if view.synced:
+        if synced:
             self.first_sync_done = True
-        self._record(result, view.skipped, problems)
+        self._record(result, list(self._skipped.values()), problems)
         level = jsonlog.INFO if plan or failures else jsonlog.DEBUG
         if log.enabled(level):
             log.log(
@@ -210,7 +350,8 @@ class Reconciler:
                 failed=len(failures),
                 desired=result.desired,
                 installed=result.installed,
-                nodes=len(view.networks),
+                nodes=len(state.networks),
+                full=full,
                 duration_s=round(duration, 6),
             )
         if log.enabled(jsonlog.TRACE):
@@ -218,18 +359,37 @@ class Reconciler:
                 log.trace("route op", op=o.op, status=o.status, **o.route.to_json())
         return result
 
-    def _desired(self, view: CacheView) -> tuple[list[Route], list[Problem]]:
-        """Desired routes of a cache view; computed again only when the cache changed."""
-        key = (view.generation, id(self.cache))
-        if self._desired_cache is not None and self._desired_cache[0] == key:
-            return self._desired_cache[1], self._desired_cache[2]
+    def _desired(self, view: CacheView) -> DesiredRoutes:
+        """The desired routes of a cache view; computed again only when the cache changed."""
+        if self._state is not None and self._generation == view.generation:
+            return self._state
         own = find_own(view.facts, name=self.node_name, machine_id=self.machine_id)
-        desired, problems = desired_routes(view.networks, own=own.name if own else None)
-        self._desired_cache = (key, desired, problems)
-        return desired, problems
+        self._state = DesiredRoutes(view.networks, own=own.name if own else None)
+        self._generation = view.generation
+        wanted = _machine_id(self.machine_id)
+        if not self.node_name and wanted:
+            self._by_machine_id = frozenset(
+                f.name for f in view.facts if _machine_id(f.machine_id) == wanted
+            )
+        return self._state
+
+    def _own_affected(self, state: DesiredRoutes, entries: dict[str, CachedNode | None]) -> bool:
+        """Whether these node changes may change which node is this one (or its CIDRs)."""
+        if state.own is not None and state.own in entries:
+            return True
+        if self.node_name:
+            return self.node_name in entries
+        wanted = _machine_id(self.machine_id)
+        if not wanted:
+            return False
+        for name, entry in entries.items():
+            if name in self._by_machine_id:
+                return True
+            if entry is not None and _machine_id(entry.facts.machine_id) == wanted:
+                return True
+        return False
 
     def _report_failures(self, failures: tuple[RouteOutcome, ...]) -> None:
-        conflicts = frozenset(f.route for f in failures if f.status == "conflict")
         for f in failures:
             fields = {"op": f.op, "status": f.status, "reason": f.reason, **f.route.to_json()}
             if f.status == "conflict":
@@ -240,7 +400,6 @@ class Reconciler:
                     log.warning("route conflict: another protocol holds the destination", **fields)
             else:
                 log.warning("route operation failed", **fields)
-        self._conflicts_seen = conflicts
 
     def _record(
         self, result: SyncResult, skipped: Sequence[Problem], problems: Sequence[Problem]
@@ -265,7 +424,7 @@ class Reconciler:
             m.route_op_errors.labels(op=f.op, reason=f.status).inc()
         if result.conflicts:
             m.conflicts.inc(result.conflicts)
-        m.conflicts_current.set(result.conflicts)
+        m.conflicts_current.set(len(self._conflicts_seen))
         if result.restored:
             m.routes_restored.inc(result.restored)
         annotations = (self.cache.cidr_annotation, self.cache.address_annotation)
@@ -275,18 +434,20 @@ class Reconciler:
     # -- the loop --------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, *, max_failures: int = 10) -> None:
-        """Reconcile until ``stop`` is set: at once on the first call, then on every
-        notification (coalesced), on retry deadlines and every ``resync_interval``.
+        """Reconcile until ``stop`` is set: fully at once on the first call and every
+        ``resync_interval``; on every notification (coalesced), and on retry deadlines,
+        incrementally where the table allows it (:meth:`run_changes`).
 
         After ``max_failures`` consecutive reconciles that raised, the loop returns (the
         caller reports unhealthy and the platform restarts the process; routes stay)."""
-        next_resync = self.clock()
         retry_at: float | None = None
         last_start = -1e9  # of the last reconcile a node change asked for
         self._node_change = True
         self._wake.set()
+        full_next = True  # at start, and after a reconcile that raised
         while not stop.is_set():
             self.last_tick = self.clock()
+            next_resync = self._last_full + self.resync_interval
             due = min(next_resync, retry_at if retry_at is not None else next_resync)
             timeout = max(0.0, min(due - self.clock(), 0.5))
             if not self._wake.wait(timeout) and self.clock() < due:
@@ -302,13 +463,23 @@ class Reconciler:
                     break
             self._wake.clear()
             started = self.clock()
-            if self._node_change:
+            node_change = self._node_change
+            if node_change:
                 self._node_change = False
                 last_start = started
+            retrying = retry_at is not None and started >= retry_at
             result: SyncResult | None = None
             try:
-                result = self.run_once()
+                # A node change does not wait for a resync that is due: the resync
+                # follows right after (its deadline stays passed), at most 1 s late.
+                if full_next or (
+                    started >= next_resync and not (node_change and started < next_resync + 1.0)
+                ):
+                    result = self.run_once()
+                else:
+                    result = self.run_changes(retry=retrying)
             except Exception as e:
+                full_next = True
                 self.failed_syncs += 1
                 if self.metrics is not None:
                     self.metrics.syncs.labels(result="error").inc()
@@ -319,15 +490,19 @@ class Reconciler:
                     log.error("giving up after repeated sync failures", failures=self.failed_syncs)
                     return
                 retry_at = self.clock() + self._next_retry_delay()
-            else:
-                self.failed_syncs = 0
-                if result.failures:
+                if self.on_iteration is not None:
+                    self.on_iteration(None)
+                continue
+            full_next = False
+            self.failed_syncs = 0
+            if self._failed:
+                # failed routes are retried with backoff (not by every other reconcile)
+                if retry_at is None or retrying or (result is not None and result.full):
                     retry_at = self.clock() + self._next_retry_delay()
-                else:
-                    retry_at = None
-                    self._retry_delay = 0.0
-            next_resync = started + self.resync_interval  # every reconcile is a full one
-            if self.on_iteration is not None:
+            else:
+                retry_at = None
+                self._retry_delay = 0.0
+            if result is not None and self.on_iteration is not None:
                 self.on_iteration(result)
 
     def _next_retry_delay(self) -> float:
@@ -352,3 +527,8 @@ def skip_reasons(
     for _ in {p.node for p in problems}:
         counts["unroutable"] += 1
     return dict(counts)
+
+
+def _machine_id(value: str | None) -> str:
+    """A machine id as ``find_own`` compares it."""
+    return (value or "").strip().lower()

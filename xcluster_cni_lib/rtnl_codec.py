@@ -82,7 +82,10 @@ RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_NOWHERE = 255
 RT_TABLE_COMPAT = 252
+RT_TABLE_MAIN = 254
 RTM_F_CLONED = 0x200
+RTM_F_LOOKUP_TABLE = 0x1000  # RTM_GETROUTE: the answer names the table that matched
+RTM_F_FIB_MATCH = 0x2000  # RTM_GETROUTE: answer with the matching route, not a dst entry
 
 # address and link attributes
 IFA_ADDRESS = 1
@@ -186,6 +189,53 @@ def encode_routes(
     return index - start, offset
 
 
+_LOOKUP = {
+    AF_INET: struct.Struct("=IHHII BBBBBBBBI HH4s".replace(" ", "")),
+    AF_INET6: struct.Struct("=IHHII BBBBBBBBI HH16s".replace(" ", "")),
+}
+
+
+def encode_lookups(
+    out: bytearray,
+    routes: Sequence[Route],
+    *,
+    flags: int,
+    last_flags: int = 0,
+    seq: int,
+) -> tuple[int, int]:
+    """Encode one RTM_GETROUTE lookup per route (``routes`` all, or as many as fit in
+    ``out``), the i-th with sequence number ``seq + i``: "which route matches the
+    destination's network address" (RTM_F_FIB_MATCH), answered with that route (prefix,
+    table, protocol, gateway, metric) or an error when nothing matches. The lookup
+    follows the policy rules; the answer names the table it came from (for IPv4 thanks to
+    RTM_F_LOOKUP_TABLE). Valid under NETLINK_GET_STRICT_CHK. Returns (routes encoded,
+    bytes used)."""
+    limit = len(out)
+    offset = last = index = 0
+    st4, st6 = _LOOKUP[AF_INET], _LOOKUP[AF_INET6]
+    for route in routes:
+        dst = route.dst
+        if dst.version == 4:
+            st, family, bits, alen = st4, AF_INET, 32, 8
+            rflags = RTM_F_FIB_MATCH | RTM_F_LOOKUP_TABLE
+        else:
+            st, family, bits, alen, rflags = st6, AF_INET6, 128, 20, RTM_F_FIB_MATCH
+        size = st.size
+        if offset + size > limit:
+            break
+        st.pack_into(
+            out, offset, size, RTM_GETROUTE, flags, seq + index, 0,
+            family, bits, 0, 0, 0, 0, 0, 0, rflags,
+            alen, RTA_DST, dst.network_address.packed,
+        )  # fmt: skip
+        last = offset
+        offset += size
+        index += 1
+    if last_flags and index:
+        _FLAGS.pack_into(out, last + 6, flags | last_flags)
+    return index, offset
+
+
 def route_dump_request(*, seq: int, family: int, table: int, protocol: int) -> bytes:
     """An RTM_GETROUTE dump request; with NETLINK_GET_STRICT_CHK set on the socket the
     kernel returns only routes of ``table`` and (unless 0) ``protocol``."""
@@ -277,6 +327,7 @@ class RouteMessage(NamedTuple):
     gateway: bytes | None
     priority: int | None
     multipath: bool
+    nl_flags: int = 0  # the netlink header's flags (NLM_F_REPLACE in a change event)
 
 
 def parse_route(buf: bytes | bytearray | memoryview, header: Header) -> RouteMessage:
@@ -317,6 +368,7 @@ def parse_route(buf: bytes | bytearray | memoryview, header: Header) -> RouteMes
         gateway,
         priority,
         multipath,
+        header.flags,
     )
 
 

@@ -74,7 +74,10 @@ def test_top_level_help_lists_the_tools(capsys: pytest.CaptureFixture[str]) -> N
         (["cidr"], "the following arguments are required: DOUBLE_SLASH_CIDR, NODE_NUMBER"),
         (["cidr", "10.0.0.0/8/24", "1", "2"], "unrecognized arguments: 2"),
         (["plan"], "the following arguments are required: --nodes-file"),
-        (["kernelroutes", "--protocol", "x"], "not a route protocol number (1-255) nor a name in rt_protos: 'x'"),
+        (
+            ["kernelroutes", "--protocol", "x"],
+            "not a route protocol number (1-255) nor a name in rt_protos: 'x'",
+        ),
         (["kernelroutes", "--protocol", "256"], "not a route protocol number"),
         (["kernelroutes", "--protocol", "0"], "not a route protocol number"),
         (["nodes", "--kubeconfig", "a", "--nodes-file", "b"], "not allowed with argument"),

@@ -60,15 +60,16 @@ def measure(nodes: int, *, idle_seconds: float = 5.0, samples: int = 5) -> dict[
             event_lat = []
             runs: list[tuple[float, float, int]] = []
             rec0 = daemon.reconciler
-            orig = rec0.run_once
+            orig = rec0.run_changes
 
-            def timed_run_once() -> Any:
+            def timed_run_changes(**kwargs: Any) -> Any:
                 t = time.monotonic()
-                r = orig()
-                runs.append((t, time.monotonic(), len(r.plan)))
+                r = orig(**kwargs)
+                if r is not None:
+                    runs.append((t, time.monotonic(), len(r.plan)))
                 return r
 
-            rec0.run_once = timed_run_once  # type: ignore[method-assign]
+            rec0.run_changes = timed_run_changes  # type: ignore[method-assign]
             for k in range(samples):
                 node = make_node("n1", index=1, internal_ips=[f"192.168.200.{k + 1}", "fd00::1:1"])
                 t = time.monotonic()
@@ -85,7 +86,7 @@ def measure(nodes: int, *, idle_seconds: float = 5.0, samples: int = 5) -> dict[
             out["change_latency_ms"] = [round(x * 1000, 1) for x in sorted(lat)]
             out["api_write_to_cache_ms"] = [round(x * 1000, 1) for x in sorted(event_lat)]
             out["runs"] = [(round(a - t0, 3), round(b - a, 3), n) for a, b, n in runs]
-            rec0.run_once = orig  # type: ignore[method-assign]
+            rec0.run_changes = orig  # type: ignore[method-assign]
 
             # One idle reconcile (what every resync costs): CPU of the calling thread.
             rec = daemon.reconciler

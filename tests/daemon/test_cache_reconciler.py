@@ -6,13 +6,13 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import pytest
 
-from xcluster_cni_lib.core.values import NodeFacts, Route
+from xcluster_cni_lib.core.values import IPNetwork, NodeFacts, Plan, Route
 from xcluster_cni_lib.metrics import DaemonMetrics
-from xcluster_cni_lib.nodecache import NodeCache
+from xcluster_cni_lib.nodecache import JOURNAL_SIZE, NodeCache
 from xcluster_cni_lib.reconciler import Reconciler, SyncResult
 from xcluster_cni_lib.testing.fakes import FakeRouteTable
 
@@ -27,6 +27,9 @@ def node(i: int, *, gw: str | None = None, cidr: str | None = None) -> NodeFacts
 
 def route(dst: str, gw: str) -> Route:
     return Route(ipaddress.ip_network(dst), ipaddress.ip_address(gw))
+
+
+ip = ipaddress.ip_address
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -255,3 +258,196 @@ def test_the_loop_stops_promptly(loop: Callable[..., list[SyncResult]]) -> None:
     stop.set()
     t.join(timeout=2)
     assert not t.is_alive() and time.monotonic() - t0 < 0.7
+
+
+# -- incremental reconciles ---------------------------------------------------------------
+
+
+class TrackingTable(FakeRouteTable):
+    """A ``FakeRouteTable`` that also tracks changes (``TrackingRouteTable``), like
+    ``NetlinkRouteTable``: changes by hand or by another protocol are reported by
+    destination; its own writes are not."""
+
+    def __init__(self, protocol: int = 202, routes: Iterable[Route] = ()) -> None:
+        super().__init__(protocol, routes)
+        self.tracking = False
+        self.valid = False
+        self.changed: set[IPNetwork] = set()
+        self.routes_to_calls = 0
+
+    def changed_destinations(self) -> set[IPNetwork] | None:
+        if not self.tracking:
+            self.tracking = True
+            return None
+        if not self.valid:
+            return None
+        out, self.changed = self.changed, set()
+        return out
+
+    def routes_to(self, dsts: Iterable[IPNetwork]) -> list[Route]:
+        self.routes_to_calls += 1
+        return [self.routes[d] for d in dsts if d in self.routes]
+
+    def list_routes(self) -> list[Route]:
+        self.valid, self.changed = self.tracking, set()
+        return super().list_routes()
+
+    def remove_by_hand(self, dst: IPNetwork) -> None:
+        self.changed.add(dst)
+        super().remove_by_hand(dst)
+
+    def add_foreign(self, route: Route) -> None:
+        self.changed.add(route.dst)
+        super().add_foreign(route)
+
+
+def net(text: str) -> IPNetwork:
+    return ipaddress.ip_network(text)
+
+
+def test_a_node_change_is_planned_alone_without_listing_the_table() -> None:
+    cache = synced_cache(*(node(i) for i in range(1, 50)))
+    table = TrackingTable()
+    rec = Reconciler(cache, table)
+    assert rec.run_changes() is not None  # the first reconcile is a full one
+    assert table.list_calls == 1 and len(table.routes) == 98
+    assert rec.run_changes() is None  # nothing changed: nothing done
+    cache.upsert(node(7, gw="192.168.7.7"))
+    cache.upsert(node(60))
+    cache.delete("n3")
+    result = rec.run_changes()
+    assert result is not None and not result.full
+    assert table.list_calls == 1  # no dump
+    assert table.plans[-1] == Plan(
+        add=(route("10.0.60.0/24", "192.168.0.61"), route("fd00:3c::/64", "fc00::3d")),
+        replace=(route("10.0.7.0/24", "192.168.7.7"),),
+        delete=(
+            route("10.0.3.0/24", "192.168.0.4"),
+            route("10.0.7.0/24", "192.168.0.8"),
+            route("fd00:3::/64", "fc00::4"),
+        ),
+    )
+    assert (result.added, result.replaced, result.deleted) == (2, 1, 2)
+    assert (result.desired, result.installed) == (98, 98)
+    assert rec.run_once().plan == Plan()  # the full view agrees
+
+
+def test_kernel_changes_are_fixed_incrementally_and_counted_as_restored() -> None:
+    cache = synced_cache(node(1), node(2))
+    table = TrackingTable()
+    rec = Reconciler(cache, table)
+    rec.run_once()
+    table.remove_by_hand(net("10.0.1.0/24"))
+    result = rec.run_changes()
+    assert result is not None and not result.full and result.restored == 1
+    assert table.list_calls == 1 and net("10.0.1.0/24") in table.routes
+    # a foreign route on a destination we route: a conflict, retried with `retry` only
+    table.routes.pop(net("10.0.2.0/24"))
+    table.add_foreign(route("10.0.2.0/24", "192.168.50.50"))
+    result = rec.run_changes()
+    assert result is not None and result.conflicts == 1
+    assert rec.run_changes() is None
+    applies = table.apply_calls
+    del table.foreign[net("10.0.2.0/24")]
+    result = rec.run_changes(retry=True)
+    assert result is not None and result.ok and table.apply_calls == applies + 1
+    assert net("10.0.2.0/24") in table.routes and table.list_calls == 1
+
+
+def test_whatever_cannot_be_done_incrementally_falls_back_to_a_full_reconcile() -> None:
+    cache = synced_cache(node(1), node(2), node(3))
+    table = TrackingTable()
+    rec = Reconciler(cache, table, node_name="n1")
+    rec.run_once()
+    lists = table.list_calls
+
+    def full_after(change: Callable[[], None]) -> SyncResult:
+        nonlocal lists
+        change()
+        result = rec.run_changes()
+        assert result is not None and result.full and table.list_calls == lists + 1
+        lists = table.list_calls
+        return result
+
+    # an overlap: n4 claims n2's CIDR (n2 keeps it: first by name)
+    result = full_after(lambda: cache.upsert(node(4, cidr="10.0.2.0/24")))
+    assert result.skipped_nodes == 1 and table.routes[net("10.0.2.0/24")].gateway == ip(
+        "192.168.0.3"
+    )
+    full_after(lambda: cache.upsert(node(1, gw="192.168.1.1")))  # the own node
+    full_after(lambda: cache.replace_all([node(1), node(2)]))  # a full list
+    cache.set_healthy(False)
+    assert full_after(lambda: cache.delete("n2")).deferred_deletes == 2
+    assert full_after(lambda: cache.set_healthy(True)).deleted == 2
+    table.valid = False  # the table lost track (events lost)
+    full_after(lambda: None)
+
+
+def test_the_own_node_found_by_machine_id_changing_reconciles_fully() -> None:
+    me = NodeFacts("me", ("10.9.0.0/24",), ("192.168.9.9",), machine_id="ABC")
+    cache = synced_cache(node(1), me)
+    table = TrackingTable()
+    rec = Reconciler(cache, table, machine_id="abc")
+    rec.run_once()
+    assert {str(d) for d in table.routes} == {"10.0.1.0/24", "fd00:1::/64"}
+    cache.upsert(NodeFacts("me", ("10.9.0.0/24",), ("192.168.9.9",), machine_id="other"))
+    result = rec.run_changes()
+    assert result is not None and result.full
+    assert net("10.9.0.0/24") in table.routes  # no longer this node: routed like others
+
+
+def test_the_loop_reconciles_incrementally_between_resyncs(
+    loop: Callable[..., list[SyncResult]],
+) -> None:
+    cache = synced_cache(node(1))
+    table = TrackingTable()
+    rec = Reconciler(cache, table, resync_interval=0.5, coalesce=0.0)
+    table.on_change = rec.notify_kernel
+    seen = loop(rec)
+    assert seen[0].full
+    cache.upsert(node(2))
+    wait_for(lambda: len(table.routes) == 4)
+    table.remove_by_hand(net("10.0.1.0/24"))
+    wait_for(lambda: net("10.0.1.0/24") in table.routes)
+    assert table.list_calls == 1 and not any(r.full for r in seen[1:])
+    wait_for(lambda: table.list_calls >= 2, timeout=2)  # the resync is a full one
+    assert any(r.full for r in seen[1:])
+
+
+# -- the cache's journal ---------------------------------------------------------------------
+
+
+def test_the_cache_tells_which_nodes_changed_since_a_generation() -> None:
+    cache = synced_cache(node(1), node(2))
+    start = cache.generation
+    assert cache.changes_since(start) == (start, {})
+    cache.upsert(node(1))  # a heartbeat: no change
+    cache.upsert(node(2, gw="192.168.2.2"))
+    cache.upsert(node(3))
+    cache.delete("n1")
+    gen, changed = cache.changes_since(start) or (0, {})
+    assert gen == cache.generation == start + 3
+    assert changed == {"n1": None, "n2": cache.get("n2"), "n3": cache.get("n3")}
+    assert cache.changes_since(gen - 1) == (gen, {"n1": None})
+    cache.replace_all([node(2)])
+    assert cache.changes_since(gen) is None  # a full list: not known node by node
+    gen = cache.generation
+    for i in range(JOURNAL_SIZE + 1):
+        cache.upsert(node(5, gw=f"10.1.{i // 256}.{i % 256}"))
+    assert cache.changes_since(gen) is None  # the journal does not reach back that far
+    assert cache.changes_since(cache.generation - 2) == (cache.generation, {"n5": cache.get("n5")})
+    assert cache.changes_since(cache.generation + 1) is None
+
+
+def test_a_failing_table_is_retried_with_backoff(loop: Callable[..., list[SyncResult]]) -> None:
+    class Broken(TrackingTable):
+        def list_routes(self) -> list[Route]:
+            self.list_calls += 1
+            raise OSError("netlink is down")
+
+    table = Broken()
+    rec = Reconciler(synced_cache(node(1)), table, resync_interval=3600, retry_min=0.1)
+    seen = loop(rec)
+    assert seen[0] is None
+    time.sleep(0.5)  # retries after 0.1, 0.2, 0.4 s: not in a tight loop
+    assert 2 <= table.list_calls <= 4 and rec.failed_syncs == table.list_calls

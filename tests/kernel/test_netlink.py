@@ -195,6 +195,97 @@ def test_add_over_own_stale_route_updates_it(gw_netns: str, table: NetlinkRouteT
     assert routes_of(gw_netns, PROTO) == {route("10.1.0.0/24", GW4)}
 
 
+def test_writes_resolve_conflicts_without_dumping_the_table(
+    gw_netns: str, table: NetlinkRouteTable
+) -> None:
+    run_in(gw_netns, f"ip route add 10.9.0.0/24 via {GW4B} proto {OTHER}".split())
+    run_in(gw_netns, f"ip -6 route add fd01:9::/64 via {GW6B} proto {OTHER}".split())
+    run_in(gw_netns, f"ip route add 10.1.0.0/24 via {GW4B} proto {PROTO}".split())
+    run_in(gw_netns, f"ip -6 route add fd01:1::/64 via {GW6} proto {PROTO}".split())
+    ours = (route("10.1.0.0/24", GW4), route("fd01:1::/64", GW6))  # stale; in place
+    theirs = (route("10.9.0.0/24", GW4), route("fd01:9::/64", GW6))
+    free = (route("10.3.0.0/24", GW4), route("fd01:3::/64", GW6))
+    outcomes = table.apply(Plan(add=(*ours, *theirs)))
+    assert [o.status for o in outcomes] == ["ok", "ok", "conflict", "conflict"]
+    assert all(str(OTHER) in o.reason for o in outcomes[2:])
+    outcomes = table.apply(Plan(replace=(*theirs, *free)))
+    assert [o.status for o in outcomes] == ["conflict", "conflict", "ok", "ok"]
+    assert table.full_dumps == 0  # one lookup per destination instead
+    assert routes_of(gw_netns, PROTO) == {*ours, *free}
+    assert routes_of(gw_netns, OTHER) == {route("10.9.0.0/24", GW4B), route("fd01:9::/64", GW6B)}
+
+
+def test_lookups_that_cannot_tell_fall_back_to_the_dump(gw_netns: str) -> None:
+    # table 100 has no policy rule: lookups answer from the main table, so they cannot tell
+    run_in(gw_netns, f"ip route add 10.9.0.0/24 via {GW4B} proto {OTHER} table 100".split())
+    with NetlinkRouteTable(PROTO, netns=gw_netns, table=100) as t100:
+        wanted = route("10.9.0.0/24", GW4)
+        assert [o.status for o in t100.apply(Plan(add=(wanted,)))] == ["conflict"]
+        assert [o.status for o in t100.apply(Plan(replace=(wanted,)))] == ["conflict"]
+        assert t100.full_dumps == 2
+    assert run_in(gw_netns, ["ip", "-N", "route", "show", "table", "100"]).split() == (
+        f"10.9.0.0/24 via {GW4B} dev va proto {OTHER}".split()
+    )
+
+
+def test_a_readdressed_destination_is_rewritten_in_place(
+    gw_netns: str, table: NetlinkRouteTable
+) -> None:
+    old = (route("10.1.0.0/24", GW4), route("fd01:1::/64", GW6))
+    new = (route("10.1.0.0/24", GW4B), route("fd01:1::/64", GW6B))
+    table.apply(Plan(add=old))
+    outcomes = table.apply(Plan(replace=new, delete=old))  # what the planner makes of it
+    # the replace went first and rewrote the route: the old gateway's delete found it gone
+    assert statuses(outcomes) == [
+        ("delete", "10.1.0.0/24", "gone"),
+        ("delete", "fd01:1::/64", "gone"),
+        ("replace", "10.1.0.0/24", "ok"),
+        ("replace", "fd01:1::/64", "ok"),
+    ]
+    assert routes_of(gw_netns, PROTO) == set(new)
+
+
+def test_tracking_reports_what_others_change_and_not_our_own_writes(
+    gw_netns: str, table: NetlinkRouteTable
+) -> None:
+    a4, a6, b4 = route("10.1.0.0/24", GW4), route("fd01:1::/64", GW6), route("10.2.0.0/24", GW4)
+    assert table.changed_destinations() is None  # starts tracking: list first
+    assert table.list_routes() == []
+    assert table.apply(Plan(add=(a4, a6, b4)))[0].ok
+    assert table.changed_destinations() == set()  # our own writes' events are known
+    assert set(table.routes_to([a4.dst, a6.dst, b4.dst])) == {a4, a6, b4}
+    table.apply(Plan(replace=(route("10.2.0.0/24", GW4B),), delete=(a6,)))
+    assert table.changed_destinations() == set()
+    assert table.routes_to([b4.dst, a6.dst]) == [route("10.2.0.0/24", GW4B)]
+
+    run_in(gw_netns, ["ip", "route", "del", "10.1.0.0/24"])
+    run_in(gw_netns, f"ip route replace 10.2.0.0/24 via {GW4} proto {PROTO}".split())
+    run_in(gw_netns, f"ip -6 route add fd01:5::/64 via {GW6} proto {OTHER}".split())
+    assert table.changed_destinations() == {a4.dst, b4.dst, ipaddress.ip_network("fd01:5::/64")}
+    assert table.routes_to([a4.dst, b4.dst]) == [b4]
+    # another protocol's replace takes our route's place
+    run_in(gw_netns, f"ip route replace 10.2.0.0/24 via {GW4B} proto {OTHER}".split())
+    assert table.changed_destinations() == {b4.dst}
+    assert table.routes_to([b4.dst]) == []
+    assert table.changed_destinations() == set()
+    # a list made meanwhile (by another user of the table) hides no change from the consumer
+    table.apply(Plan(add=(a4,)))
+    run_in(gw_netns, ["ip", "route", "del", "10.1.0.0/24"])
+    assert table.list_routes() == []
+    assert table.changed_destinations() == {a4.dst}
+    # an added address drops no route; a removed one may, silently: unknown until a list
+    run_in(gw_netns, ["ip", "addr", "add", "192.168.78.1/24", "dev", "va"])
+    run_in(gw_netns, ["ip", "addr", "add", "fe80::99/64", "dev", "va", "nodad"])
+    run_in(gw_netns, ["ip", "addr", "del", "fe80::99/64", "dev", "va"])
+    assert table.changed_destinations() == {ipaddress.ip_network("192.168.78.0/24")}
+    run_in(gw_netns, ["ip", "addr", "del", "192.168.78.1/24", "dev", "va"])
+    assert table.changed_destinations() is None
+    assert table.list_routes() == []
+    assert table.changed_destinations() == set()
+    with pytest.raises(RuntimeError, match="list_routes"):
+        NetlinkRouteTable(PROTO, netns=gw_netns).routes_to([a4.dst])
+
+
 def test_bad_arguments_are_refused(netns: str) -> None:
     with pytest.raises(ValueError, match="protocol"):
         NetlinkRouteTable(0, netns=netns)

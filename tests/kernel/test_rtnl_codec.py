@@ -86,3 +86,30 @@ def test_truncated_buffers_are_not_walked_past() -> None:
         protocol=202, gateway=True,
     )  # fmt: skip
     assert len(list(rc.iter_messages(out, length - 1))) == 2
+
+
+def test_lookups_ask_for_the_matching_route_of_each_destination() -> None:
+    out = bytearray(4096)
+    count, length = rc.encode_lookups(
+        out, ROUTES[:2], flags=rc.NLM_F_REQUEST, last_flags=rc.NLM_F_ACK, seq=40
+    )
+    assert count == 2
+    headers = list(rc.iter_messages(out, length))
+    assert [(h.msg_type, h.seq) for h in headers] == [(rc.RTM_GETROUTE, 40), (rc.RTM_GETROUTE, 41)]
+    assert [bool(h.flags & rc.NLM_F_ACK) for h in headers] == [False, True]
+    v4, v6 = (rc.parse_route(out, h) for h in headers)
+    # the whole address (a lookup), the destination's network address, header fields zero
+    # as strict checking wants them; IPv4 also asks which table answered
+    assert (v4.family, v4.dst_len, v4.dst, v4.table, v4.protocol) == (
+        rc.AF_INET,
+        32,
+        bytes([10, 1, 0, 0]),
+        0,
+        0,
+    )
+    assert v4.flags == rc.RTM_F_FIB_MATCH | rc.RTM_F_LOOKUP_TABLE
+    assert (v6.family, v6.dst_len, v6.flags) == (rc.AF_INET6, 128, rc.RTM_F_FIB_MATCH)
+    assert v6.dst == ROUTES[1].dst.network_address.packed
+    assert v4.nl_flags == rc.NLM_F_REQUEST  # the header's flags come along
+    small = bytearray(len(out[: headers[0].end]))
+    assert rc.encode_lookups(small, ROUTES, flags=rc.NLM_F_REQUEST, seq=1)[0] == 1

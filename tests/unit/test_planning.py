@@ -10,11 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xcluster_cni_lib.core.planning import (
+    CidrIndex,
+    DesiredRoutes,
     apply_plan_model,
     canonical_route,
     desired_routes,
     desired_routes_from_facts,
     plan_routes,
+    route_sort_key,
 )
 from xcluster_cni_lib.core.values import NodeFacts, NodeNetwork, Plan, Route
 
@@ -360,3 +363,100 @@ def test_desired_routes_are_plannable(nodes: list[NodeNetwork], own: str | None)
     assert (
         len(routes_) + len([p for p in problems if p.value]) == wanted
     )  # each CIDR: route or problem
+
+
+# -- DesiredRoutes: incremental desired routes -----------------------------------------
+
+
+def test_desired_routes_state_follows_node_changes_locally() -> None:
+    state = DesiredRoutes(DUAL, own="b")
+    assert list(state.routes.values()) == desired_routes(DUAL, own="b")[0]
+    moved = N("c", ("10.244.3.0/24", "fd00:10:244:3::/64"), ("192.168.9.3", "fd00:1::3"))
+    touched = state.update({"c": moved})
+    assert touched == {net("10.244.3.0/24"), net("fd00:10:244:3::/64")}
+    assert state.routes[net("10.244.3.0/24")] == R("10.244.3.0/24", "192.168.9.3")
+    assert state.update({"a": None}) == {net("10.244.1.0/24"), net("fd00:10:244:1::/64")}
+    assert sorted(str(d) for d in state.routes) == ["10.244.3.0/24", "fd00:10:244:3::/64"]
+    assert state.update({}) == set()
+
+
+def test_desired_routes_state_recomputes_when_an_overlap_is_involved() -> None:
+    a = N("a", ("10.244.0.0/16",), ("192.168.1.1",))
+    b = N("b", ("10.244.1.0/24",), ("192.168.1.2",))
+    state = DesiredRoutes([a, b], own=None)
+    assert list(state.routes) == [net("10.244.0.0/16")] and len(state.problems()) == 1
+    # a leaves: b, which lost the overlap, now gets its route
+    assert state.update({"a": None}) is None
+    assert list(state.routes.values()) == [R("10.244.1.0/24", "192.168.1.2")]
+    assert state.problems() == []
+    # the own node changing recomputes too
+    state = DesiredRoutes([a, b], own="b")
+    assert state.update({"b": None}) is None
+    assert list(state.routes) == [net("10.244.0.0/16")]
+
+
+def test_cidr_index_finds_equal_containing_and_contained() -> None:
+    index = CidrIndex()
+    index.add(net("10.1.0.0/16"), "wide")
+    index.add(net("10.2.3.0/24"), "narrow")
+    index.add(net("fd00::/64"), "six")
+    assert index.overlapping(net("10.1.2.0/24")) == ["wide"]  # containing
+    assert index.overlapping(net("10.2.0.0/16")) == ["narrow"]  # contained (enumerated)
+    assert index.overlapping(net("10.0.0.0/8")) == ["wide", "narrow"]  # contained (scanned)
+    assert index.overlapping(net("10.3.0.0/24")) == []
+    assert index.overlapping(net("fd00::/64")) == ["six"]
+    index.remove(net("10.1.0.0/16"), "wide")
+    index.remove(net("10.1.0.0/16"), "wide")  # twice: no error
+    assert index.overlapping(net("10.1.2.0/24")) == []
+
+
+@st.composite
+def network_changes(draw: st.DrawFn) -> list[dict[str, NodeNetwork | None]]:
+    """A few batches of node changes over a small pool, so overlaps are frequent."""
+    batches = []
+    for _ in range(draw(st.integers(1, 5))):
+        names = draw(st.lists(st.sampled_from([f"n{i}" for i in range(6)]), max_size=3))
+        batch: dict[str, NodeNetwork | None] = {}
+        for name in names:
+            if draw(st.booleans()):
+                batch[name] = None
+            else:
+                cidrs = draw(
+                    st.lists(
+                        st.sampled_from(["10.1.0.0/16", "10.1.1.0/24", "10.2.0.0/24", "fd00::/56"]),
+                        max_size=2,
+                        unique_by=lambda c: net(c).version,
+                    )
+                )
+                addrs = draw(
+                    st.lists(st.sampled_from(["192.168.0.1", "fd00:9::1"]), max_size=2, unique=True)
+                )
+                batch[name] = N(name, tuple(cidrs), tuple(addrs))
+        batches.append(batch)
+    return batches
+
+
+@settings(max_examples=300)
+@given(networks(), network_changes(), st.sampled_from([None, "n0", "n3"]))
+def test_incremental_desired_routes_equal_a_full_computation(
+    nodes: list[NodeNetwork], changes: list[dict[str, NodeNetwork | None]], own: str | None
+) -> None:
+    state = DesiredRoutes(nodes, own=own)
+    current = {n.name: n for n in nodes}
+    for batch in changes:
+        before = dict(state.routes)
+        touched = state.update(batch)
+        for name, new in batch.items():
+            if new is None:
+                current.pop(name, None)
+            else:
+                current[name] = new
+        routes, problems = desired_routes(current.values(), own=own)
+        assert sorted(state.routes.values(), key=route_sort_key) == routes
+        assert state.problems() == problems
+        if touched is not None:  # every destination whose route changed was reported
+            changed = {d for d in {*before, *state.routes} if before.get(d) != state.routes.get(d)}
+            changed |= {
+                d for d in before if d in state.routes and before[d].node != state.routes[d].node
+            }
+            assert changed <= touched

@@ -19,12 +19,17 @@ hand with another metric). A plan keeps at most one per destination:
   gone (rewritten by the replace) counts as done.
 
 Any order of applying the three lists reaches the same end state.
+
+``DesiredRoutes`` keeps ``desired_routes``'s answer up to date node by node, so that a
+daemon reacting to one node's change plans only that node's destinations: a change
+that cannot interact with another node's CIDR is worked out from the changed nodes
+alone; any other (an overlap, the own node) recomputes everything.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from xcluster_cni_lib.core.addresses import parse_address, parse_cidr
 from xcluster_cni_lib.core.nodes import parse_nodes
@@ -155,9 +160,144 @@ def desired_routes_from_facts(
     return routes, problems + more
 
 
+class CidrIndex:
+    """Which owners hold CIDRs overlapping a given one, kept up to date by ``add`` and
+    ``remove``. A lookup costs one dictionary access per prefix length in use (plus a
+    scan when the CIDR is shorter than a length in use)."""
+
+    def __init__(self) -> None:
+        # family -> prefix length -> network address -> owners
+        self._by_length: dict[int, dict[int, dict[int, list[str]]]] = {4: {}, 6: {}}
+
+    def add(self, cidr: IPNetwork, owner: str) -> None:
+        table = self._by_length[cidr.version].setdefault(cidr.prefixlen, {})
+        table.setdefault(int(cidr.network_address), []).append(owner)
+
+    def remove(self, cidr: IPNetwork, owner: str) -> None:
+        lengths = self._by_length[cidr.version]
+        table = lengths.get(cidr.prefixlen)
+        addr = int(cidr.network_address)
+        owners = table.get(addr) if table is not None else None
+        if table is None or owners is None or owner not in owners:
+            return
+        owners.remove(owner)
+        if not owners:
+            del table[addr]
+            if not table:
+                del lengths[cidr.prefixlen]
+
+    def overlapping(self, cidr: IPNetwork) -> list[str]:
+        """The owners of every indexed CIDR that overlaps ``cidr`` (equal, containing or
+        contained), with repetitions."""
+        family, length, addr = cidr.version, cidr.prefixlen, int(cidr.network_address)
+        found: list[str] = []
+        for other, table in self._by_length[family].items():
+            if other <= length:
+                found.extend(table.get(addr & _mask(family, other), ()))
+                continue
+            span = 1 << (other - length)
+            step = 1 << (_BITS[family] - other)
+            if span <= len(table):
+                for k in range(span):
+                    found.extend(table.get(addr + k * step, ()))
+            else:
+                mask = _mask(family, length)
+                for inner, owners in table.items():
+                    if inner & mask == addr:
+                        found.extend(owners)
+        return found
+
+
+class DesiredRoutes:
+    """``desired_routes(nodes, own=own)``, kept up to date as nodes change.
+
+    ``routes`` maps each destination to the route wanted for it; ``problems()`` lists
+    the routing problems like ``desired_routes`` does. ``update`` takes the changed
+    nodes and returns the destinations whose wanted route may differ now. A change
+    stays local when none of the changed nodes' CIDRs, old or new, overlaps another
+    node's CIDR and the own node is not among them: then the other nodes' routes and
+    problems cannot change (claims only compete between overlapping CIDRs). Otherwise
+    everything is computed again and ``update`` returns ``None``.
+    """
+
+    def __init__(self, nodes: Iterable[NodeNetwork], *, own: str | None) -> None:
+        self.own = own
+        self.networks: dict[str, NodeNetwork] = {n.name: n for n in nodes}
+        self.routes: dict[IPNetwork, Route] = {}
+        self._problems: dict[str, list[Problem]] = {}
+        self._index = CidrIndex()
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        routes, problems = desired_routes(self.networks.values(), own=self.own)
+        self.routes = {r.dst: r for r in routes}
+        self._problems = {}
+        for p in problems:
+            self._problems.setdefault(p.node, []).append(p)
+        self._index = CidrIndex()
+        for n in self.networks.values():
+            for cidr in n.cidrs:
+                self._index.add(cidr, n.name)
+
+    def problems(self) -> list[Problem]:
+        """Routing problems, in node-name order (as ``desired_routes`` reports them)."""
+        return [p for name in sorted(self._problems) for p in self._problems[name]]
+
+    def update(self, changed: Mapping[str, NodeNetwork | None]) -> set[IPNetwork] | None:
+        """Apply node changes (``None``: the node is gone or no longer routable)."""
+        if not changed:
+            return set()
+        names = set(changed)
+        local = self.own is None or self.own not in names
+        if local:
+            for name, new in changed.items():
+                old = self.networks.get(name)
+                cidrs = (*(old.cidrs if old else ()), *(new.cidrs if new else ()))
+                if any(owner not in names for c in cidrs for owner in self._index.overlapping(c)):
+                    local = False
+                    break
+        if not local:
+            self._replace_networks(changed)
+            self._rebuild()
+            return None
+        touched: set[IPNetwork] = set()
+        for name in names:
+            old = self.networks.get(name)
+            self._problems.pop(name, None)
+            if old is None:
+                continue
+            for cidr in old.cidrs:
+                self._index.remove(cidr, name)
+                route = self.routes.get(cidr)
+                if route is not None and route.node == name:
+                    del self.routes[cidr]
+                    touched.add(cidr)
+        self._replace_networks(changed)
+        fresh = [n for n in changed.values() if n is not None]
+        for n in fresh:
+            for cidr in n.cidrs:
+                self._index.add(cidr, n.name)
+        routes, problems = desired_routes(fresh, own=self.own)
+        for r in routes:
+            self.routes[r.dst] = r
+            touched.add(r.dst)
+        for p in problems:
+            self._problems.setdefault(p.node, []).append(p)
+        return touched
+
+    def _replace_networks(self, changed: Mapping[str, NodeNetwork | None]) -> None:
+        for name, new in changed.items():
+            if new is None:
+                self.networks.pop(name, None)
+            else:
+                self.networks[name] = new
+
+
 def canonical_route(route: Route) -> Route:
     """``route`` with an IPv4-mapped IPv6 destination or gateway turned into IPv4."""
     dst, gw = route.dst, route.gateway
+    if type(gw) is ipaddress.IPv4Address and type(dst) is ipaddress.IPv4Network:
+        return route  # the common case, already canonical
     mapped_dst = isinstance(dst, ipaddress.IPv6Network) and (
         dst.prefixlen >= 96 and dst.network_address.ipv4_mapped is not None
     )
@@ -173,32 +313,38 @@ def plan_routes(desired: Iterable[Route], present: Iterable[Route]) -> Plan:
     Compares canonical (dst, gateway). ``desired`` should hold one route per destination;
     if it holds several, the first wins. Routes already right are left alone, so a second
     plan after applying the first is empty. The lists are sorted by ``route_sort_key``.
+    Costs one dictionary lookup per route when nothing changed.
     """
+    canon = canonical_route
     want: dict[IPNetwork, Route] = {}
     for r in desired:
-        r = canonical_route(r)
-        want.setdefault(r.dst, r)
-    have: dict[IPNetwork, list[Route]] = {}
-    for r in present:
-        r = canonical_route(r)
-        routes = have.setdefault(r.dst, [])
-        if r not in routes:
-            routes.append(r)
-
+        r = canon(r)
+        if r.dst not in want:
+            want[r.dst] = r
     add: list[Route] = []
     replace: list[Route] = []
     delete: list[Route] = []
-    for dst, wanted in want.items():
-        there = have.get(dst)
-        if not there:
-            add.append(wanted)
+    # present routes by destination, only where they differ from what is wanted
+    others: dict[IPNetwork, list[Route]] = {}
+    right: set[IPNetwork] = set()
+    for r in present:
+        r = canon(r)
+        dst = r.dst
+        if want.get(dst) == r:
+            right.add(dst)
             continue
-        if wanted not in there:
+        there = others.get(dst)
+        if there is None:
+            others[dst] = [r]
+        elif r not in there:
+            there.append(r)
+    for dst, there in others.items():
+        delete.extend(there)
+        wanted = want.get(dst)
+        if wanted is not None and dst not in right:
             replace.append(wanted)
-        delete.extend(r for r in there if r != wanted)
-    for dst, there in have.items():
-        if dst not in want:
-            delete.extend(there)
+    if len(right) + len(replace) < len(want):
+        add = [r for dst, r in want.items() if dst not in right and dst not in others]
     return Plan(
         add=tuple(sorted(add, key=route_sort_key)),
         replace=tuple(sorted(replace, key=route_sort_key)),
