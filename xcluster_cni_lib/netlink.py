@@ -470,6 +470,29 @@ class _Tracker:
         return out
 
 
+_V6_DUMP_TRIES = 8
+
+
+def _route_identity(msg: rc.RouteMessage) -> tuple[object, ...]:
+    return (_message_key(msg), msg.priority or 0, msg.protocol, msg.gateway, msg.multipath)
+
+
+def _unique(messages: list[rc.RouteMessage]) -> list[rc.RouteMessage]:
+    """The messages without repeats (a disturbed IPv6 dump can send a route twice)."""
+    seen: set[tuple[object, ...]] = set()
+    out = []
+    for msg in messages:
+        identity = _route_identity(msg)
+        if identity not in seen:
+            seen.add(identity)
+            out.append(msg)
+    return out
+
+
+def _dump_key(messages: list[rc.RouteMessage]) -> set[tuple[object, ...]]:
+    return {_route_identity(m) for m in messages}
+
+
 class NetlinkRouteTable:
     """A kernel route table bound to one route protocol number (``RouteTable``).
 
@@ -535,8 +558,29 @@ class NetlinkRouteTable:
     # -- reading -----------------------------------------------------------------------
 
     def _dump(self, family: int, protocol: int) -> Iterator[rc.RouteMessage]:
-        """Route messages of our table (and ``protocol`` unless 0); retried when a
-        concurrent change interrupts the dump."""
+        """Route messages of our table (and ``protocol`` unless 0), each route once.
+
+        An IPv4 dump that a concurrent change interrupts is flagged by the kernel and
+        retried. An IPv6 dump is not flagged: when the table changes under it (any
+        protocol's route, e.g. a second instance's), the kernel restarts its walk and
+        skips as many routes as it had sent, so a dump can miss routes and repeat others.
+        IPv6 is therefore dumped until two dumps in a row agree (at most
+        ``_V6_DUMP_TRIES``); under unending churn the last dump is used, and what it missed
+        is corrected by the next reconcile.
+        """
+        if family != socket.AF_INET6:
+            yield from _unique(self._dump_once(family, protocol))
+            return
+        previous = _unique(self._dump_once(family, protocol))
+        for _ in range(_V6_DUMP_TRIES - 1):
+            current = _unique(self._dump_once(family, protocol))
+            if _dump_key(current) == _dump_key(previous):
+                break
+            previous = current
+        yield from previous
+
+    def _dump_once(self, family: int, protocol: int) -> list[rc.RouteMessage]:
+        """One dump; retried when the kernel flags it as interrupted."""
         for attempt in range(5):
             seq = self._chan.next_seq()
             request = rc.route_dump_request(
@@ -559,8 +603,8 @@ class NetlinkRouteTable:
                 if exc.errno == errno.EAGAIN and attempt < 4:
                     continue
                 raise
-            yield from messages
-            return
+            return messages
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def list_routes(self) -> list[Route]:
         """This protocol's routes in this table, both families, as ``Route`` values.

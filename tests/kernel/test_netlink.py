@@ -135,6 +135,36 @@ def test_apply_2000_routes_in_batches(gw_netns: str, table: NetlinkRouteTable) -
     assert routes_of(gw_netns, PROTO) == set()
 
 
+def test_ipv6_list_is_exact_while_another_protocol_churns_the_table(
+    gw_netns: str, table: NetlinkRouteTable
+) -> None:
+    """The kernel restarts a disturbed IPv6 dump without flagging it, skipping and
+    repeating routes; listing must still give each route of ours exactly once (a missed
+    route would be re-added, a repeated one could be planned for deletion)."""
+    ours = [route(f"fd00:20:{i:x}::/64", GW6) for i in range(2000)]
+    assert all(o.ok for o in table.apply(Plan(add=tuple(ours))))
+    theirs = tuple(route(f"fd00:10:{i:x}::/64", GW6) for i in range(200))
+    stop = threading.Event()
+
+    def churn() -> None:  # a second instance's routes, ahead of ours in the tree, come and go
+        with NetlinkRouteTable(PROTO + 1, netns=gw_netns) as other:
+            while not stop.is_set():
+                other.apply(Plan(add=theirs))
+                other.apply(Plan(delete=theirs))
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        wrong = 0
+        for _ in range(40):
+            listed = table.list_routes()
+            wrong += len(listed) != len(ours) or set(listed) != set(ours)
+    finally:
+        stop.set()
+        worker.join()
+    assert wrong == 0
+
+
 def test_other_protocols_route_is_a_conflict_and_left_intact(
     gw_netns: str, table: NetlinkRouteTable
 ) -> None:

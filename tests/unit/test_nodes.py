@@ -392,3 +392,13 @@ def test_spec_fields_never_raise(cidrs: list[str], ips: list[ipaddress._BaseAddr
     assert len({c.version for c in n.cidrs}) == len(n.cidrs)
     used = len(n.cidrs) + len(n.addresses)
     assert used + len(n.problems) == len(cidrs) + len(ips)  # every entry used or reported
+
+
+@pytest.mark.parametrize("odd", [True, 7, 1.5, "10.0.0.1", {"type": "InternalIP"}, None])
+def test_odd_shapes_in_status_addresses_never_raise(odd: object) -> None:
+    """One node with a nonsense field must not stop the daemon's node source."""
+    from xcluster_cni_lib.core.facts import extract_facts
+
+    node = {"metadata": {"name": "odd"}, "spec": {"podCIDRs": odd}, "status": {"addresses": odd}}
+    facts = extract_facts(node)
+    assert (facts.name, facts.pod_cidrs, facts.internal_ips) == ("odd", (), ())

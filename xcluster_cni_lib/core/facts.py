@@ -16,6 +16,10 @@ def _mapping(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _items(value: object) -> list[Any] | tuple[Any, ...]:
+    return value if isinstance(value, list | tuple) else ()
+
+
 def _strings(value: object) -> tuple[str, ...]:
     if not isinstance(value, list | tuple):
         return ()
@@ -51,7 +55,7 @@ def extract_facts(
 
     internal_ips = tuple(
         a["address"]
-        for a in status.get("addresses") or ()
+        for a in _items(status.get("addresses"))
         if isinstance(a, Mapping)
         and a.get("type") == "InternalIP"
         and isinstance(a.get("address"), str)
