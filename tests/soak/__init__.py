@@ -1,0 +1,1 @@
+"""The soak and fault campaign (``make soak``; see docs/reliability.md)."""
