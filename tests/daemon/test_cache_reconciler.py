@@ -121,9 +121,14 @@ def test_an_isolated_change_is_applied_at_once(loop: Callable[..., list[SyncResu
     cache = synced_cache(node(1))
     table = FakeRouteTable()
     # A long window makes the difference plain: held changes would wait ~1 s.
-    rec = Reconciler(cache, table, resync_interval=3600, coalesce=1.0)
+    skipped = [0.0]  # time the reconciler's clock is ahead of the real one
+
+    def clock() -> float:
+        return time.monotonic() + skipped[0]
+
+    rec = Reconciler(cache, table, resync_interval=3600, coalesce=1.0, clock=clock)
     seen = loop(rec)
-    time.sleep(1.05)  # the window opened by the first sync is over: we are idle
+    skipped[0] = 1.05  # the window opened by the first sync is over: we are idle
     t0 = time.monotonic()
     cache.upsert(node(2))
     wait_for(lambda: len(table.routes) == 4)
@@ -447,7 +452,10 @@ def test_a_failing_table_is_retried_with_backoff(loop: Callable[..., list[SyncRe
 
     table = Broken()
     rec = Reconciler(synced_cache(node(1)), table, resync_interval=3600, retry_min=0.1)
+    started = time.monotonic()
     seen = loop(rec)
     assert seen[0] is None
-    time.sleep(0.5)  # retries after 0.1, 0.2, 0.4 s: not in a tight loop
-    assert 2 <= table.list_calls <= 4 and rec.failed_syncs == table.list_calls
+    # retries after 0.1, then 0.2 s more: retried, and not in a tight loop
+    wait_for(lambda: table.list_calls >= 3, timeout=3)
+    assert time.monotonic() - started >= 0.29
+    assert rec.failed_syncs >= 3
