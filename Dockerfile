@@ -28,7 +28,7 @@ COPY wrappers wrappers
 COPY packaging packaging
 RUN if [ -n "$PIP_CERT" ]; then export PIP_CERT; else unset PIP_CERT; fi \
  && python3 -m venv /venv \
- && /venv/bin/pip install --no-cache-dir --disable-pip-version-check . packaging
+ && /venv/bin/pip install --no-cache-dir --disable-pip-version-check . ./wrappers/daemon ./wrappers/ipam packaging
 RUN PATH=/venv/bin:$PATH /venv/bin/python packaging/build_bundle.py \
       /opt/xcluster-cni/plugins/xcluster-cni \
  && cp /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/loopback \

@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml wrappers/daemon/pyproject.toml wrappers/ipam/pyproject.toml
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	fi
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' -e ./wrappers/daemon -e ./wrappers/ipam
 	touch $(STAMP)
 
 demo: setup
@@ -35,7 +35,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 typecheck: setup
-	$(VENV)/bin/mypy --strict xcluster_cni_lib wrappers
+	$(VENV)/bin/mypy --strict xcluster_cni_lib wrappers/daemon/xcluster_cni_daemon wrappers/ipam/xcluster_cni_ipam
 
 pytest: setup
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
@@ -46,7 +46,7 @@ pytest: setup
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -e '.[test,bench]' -e ./wrappers/daemon -e ./wrappers/ipam
 	touch $(BENCH_STAMP)
 
 bench: setup $(BENCH_STAMP)

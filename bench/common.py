@@ -451,7 +451,7 @@ def setup_gateways(own_addresses: Sequence[str], all_addresses: Iterable[str]) -
 
 _DAEMON_SHIM = """
 import argparse, sys
-from wrappers.daemon import daemon_cmd
+from xcluster_cni_daemon import daemon_cmd
 parser = argparse.ArgumentParser(prog="xcluster-cni")
 daemon_cmd.register(parser.add_subparsers(dest="command", required=True))
 args = parser.parse_args(sys.argv[1:])
@@ -461,7 +461,7 @@ sys.exit(args.func(args))
 
 def daemon_command() -> list[str]:
     """``xcluster-cni daemon``; while the CLI does not list it yet, the same entry point
-    (``wrappers.daemon.daemon_cmd``) through a four-line shim."""
+    (``xcluster_cni_daemon.daemon_cmd``) through a four-line shim."""
     cli = str(VENV_BIN / "xcluster-cni")
     probe = subprocess.run([cli, "daemon", "--help"], capture_output=True, check=False)
     if probe.returncode == 0:

@@ -96,10 +96,11 @@ def _heartbeats(double: Any, names: list[str], *, rate: float, count: int, start
 
 _IMPORTS = """
 import re
-import xcluster_cni_lib.daemon, xcluster_cni_lib.netlink, xcluster_cni_lib.nodecache
-import xcluster_cni_lib.reconciler, xcluster_cni_lib.httpserver, xcluster_cni_lib.metrics
+import xcluster_cni_lib.daemon.service, xcluster_cni_lib.kernel.netlink
+import xcluster_cni_lib.sync.nodecache, xcluster_cni_lib.sync.reconciler
+import xcluster_cni_lib.daemon.http, xcluster_cni_lib.sync.metrics
 print(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
-import xcluster_cni_lib.kube
+import xcluster_cni_lib.sources.kube
 print(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
 """
 

@@ -66,9 +66,9 @@ def _desired(view: Any, find_own: Any, desired_routes: Any) -> list[Route]:
 def run(params: Json) -> Json:
     from xcluster_cni_lib.core.ownnode import find_own
     from xcluster_cni_lib.core.planning import desired_routes, plan_routes
-    from xcluster_cni_lib.netlink import NetlinkRouteTable
-    from xcluster_cni_lib.nodecache import NodeCache
-    from xcluster_cni_lib.reconciler import Reconciler
+    from xcluster_cni_lib.kernel.netlink import NetlinkRouteTable
+    from xcluster_cni_lib.sync.nodecache import NodeCache
+    from xcluster_cni_lib.sync.reconciler import Reconciler
 
     n: int = params["nodes"]
     repeats: int = params.get("repeats", 5)

@@ -50,7 +50,7 @@ VERSION = "bundle: VERSION (floor)"
 def _timed_version(path: str) -> float:
     """One ``VERSION`` call: the bundle's start, the plugin's imports, one line of output,
     and no ``host-local``: the floor under every ADD of this executable."""
-    from xcluster_cni_lib.pluginexec import run_plugin
+    from xcluster_cni_lib.plugin.delegate import run_plugin
 
     start = time.perf_counter()
     code, out = run_plugin(path, stdin=b"", env={"CNI_COMMAND": "VERSION"})

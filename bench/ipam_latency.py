@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.apiserver import ApiServerDouble  # noqa: E402
-from xcluster_cni_lib.pluginexec import run_plugin  # noqa: E402
+from xcluster_cni_lib.plugin.delegate import run_plugin  # noqa: E402
 from xcluster_cni_lib.testing.nodes import make_node  # noqa: E402
 
 HOST_LOCAL = "/usr/lib/cni/host-local"
@@ -48,16 +48,14 @@ def _node_install(root: str) -> str:
     """A plain (non-editable) install of the plugin in a new virtualenv; its kube-node."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", root], check=True)
     site = next(Path(root).glob("lib/python3*/site-packages"))
-    for package in ("xcluster_cni_lib", "wrappers"):
-        shutil.copytree(
-            ROOT / package, site / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
+    for source in (ROOT / "xcluster_cni_lib", ROOT / "wrappers/ipam/xcluster_cni_ipam"):
+        shutil.copytree(source, site / source.name, ignore=shutil.ignore_patterns("__pycache__"))
     compileall.compile_dir(str(site), quiet=1)
     script = Path(root) / "bin" / "kube-node"
     script.write_text(
         f"#!{root}/bin/python3\n"
         "import sys\n"
-        "from wrappers.ipam.kube_node import main\n"
+        "from xcluster_cni_ipam.kube_node import main\n"
         "if __name__ == '__main__':\n"
         "    sys.exit(main())\n"
     )

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 
 from xcluster_cni_lib.core.values import Plan, Route
-from xcluster_cni_lib.netlink import NetlinkRouteTable
+from xcluster_cni_lib.kernel.netlink import NetlinkRouteTable
 from xcluster_cni_lib.testing.netns import netns, run_in
 
 PROTOCOL = 202

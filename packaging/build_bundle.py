@@ -39,8 +39,16 @@ from packaging.requirements import Requirement
 
 HERE = Path(__file__).resolve().parent
 LAUNCHER = "xcluster-cni-plugin"
-PROJECT = "xcluster-cni"
-PROJECT_PACKAGES = ("xcluster_cni_lib", "wrappers")
+PROJECT = "xcluster-cni-lib"
+# Our own distributions: the library and the two wrappers (the daemon command, the IPAM
+# plugins), each copied from its source folder.
+PROJECTS = ("xcluster-cni-lib", "xcluster-cni", "xcluster-cni-ipam")
+PROJECT_SOURCES = {
+    "xcluster_cni_lib": Path("."),
+    "xcluster_cni_daemon": Path("wrappers/daemon"),
+    "xcluster_cni_ipam": Path("wrappers/ipam"),
+}
+PROJECT_PACKAGES = tuple(PROJECT_SOURCES)
 # Parts of the standard library a CNI plugin never uses.
 STDLIB_SKIP = {
     "test",
@@ -98,14 +106,15 @@ def _requirement_names(dist: md.Distribution) -> list[str]:
     return names
 
 
-def dependency_closure(project: str) -> list[md.Distribution]:
-    """The installed distributions the project needs at run time (not itself)."""
+def dependency_closure(*projects: str) -> list[md.Distribution]:
+    """The installed distributions the projects need at run time (not themselves)."""
+    own = {re.sub(r"[-_.]+", "-", p).lower() for p in projects}
     seen: dict[str, md.Distribution] = {}
-    todo = _requirement_names(md.distribution(project))
+    todo = [n for p in projects for n in _requirement_names(md.distribution(p))]
     while todo:
         name = todo.pop()
         key = re.sub(r"[-_.]+", "-", name).lower()
-        if key in seen:
+        if key in seen or key in own:
             continue
         dist = md.distribution(name)
         seen[key] = dist
@@ -116,7 +125,7 @@ def dependency_closure(project: str) -> list[md.Distribution]:
 def copy_site_packages(out: Path) -> Path:
     dest = out / "site-packages"
     dest.mkdir(parents=True)
-    for dist in dependency_closure(PROJECT):
+    for dist in dependency_closure(*PROJECTS):
         for file in dist.files or []:
             parts = file.parts
             if parts[0].startswith("..") or "__pycache__" in parts or file.suffix == ".pyc":
@@ -129,9 +138,9 @@ def copy_site_packages(out: Path) -> Path:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, target)
     root = Path(__file__).resolve().parent.parent
-    for package in PROJECT_PACKAGES:
+    for package, source in PROJECT_SOURCES.items():
         shutil.copytree(
-            root / package,
+            root / source / package,
             dest / package,
             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
         )

@@ -11,11 +11,11 @@ import sys
 
 # The CNI plugins: the installer links each name in the host's CNI bin dir.
 PLUGINS = {
-    "kube-node": "wrappers.ipam.kube_node",
-    "node-annotation": "wrappers.ipam.node_annotation",
+    "kube-node": "xcluster_cni_ipam.kube_node",
+    "node-annotation": "xcluster_cni_ipam.node_annotation",
 }
 # Commands the image links (not installed on hosts): the daemon and its tools.
-COMMANDS = {"xcluster-cni": "wrappers.daemon.cli"}
+COMMANDS = {"xcluster-cni": "xcluster_cni_daemon.cli"}
 
 
 def main() -> None:

@@ -104,7 +104,8 @@ def test_mtu_bad_address(node_ns: str) -> None:
 def test_in_process_matches_the_namespace_we_run_in(node_ns: str) -> None:
     # The in-process path reads the current namespace: run it there through a child.
     code = (
-        "import sys\nfrom wrappers.daemon.cli import main\nsys.exit(main(['mtu', '192.168.2.9']))\n"
+        "import sys\nfrom xcluster_cni_daemon.cli import main\n"
+        "sys.exit(main(['mtu', '192.168.2.9']))\n"
     )
     proc = subprocess.run(
         ["ip", "netns", "exec", node_ns, sys.executable, "-c", code],

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from wrappers.daemon.cli import main
+from xcluster_cni_daemon.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLE = ROOT / "examples" / "nodes.json"
@@ -269,9 +268,9 @@ def test_plan_is_what_the_daemon_installs(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """The dry run and the daemon's reconciler agree on a realistic node list."""
-    from xcluster_cni_lib.nodecache import NodeCache
-    from xcluster_cni_lib.nodesfile import load_node_facts
-    from xcluster_cni_lib.reconciler import Reconciler
+    from xcluster_cni_lib.sources.nodesfile import load_node_facts
+    from xcluster_cni_lib.sync.nodecache import NodeCache
+    from xcluster_cni_lib.sync.reconciler import Reconciler
     from xcluster_cni_lib.testing.fakes import FakeRouteTable
     from xcluster_cni_lib.testing.nodes import make_node
 
@@ -399,7 +398,7 @@ def test_installed_script_plan() -> None:
 def test_light_commands_load_neither_kubernetes_nor_pyroute2() -> None:
     code = (
         "import sys\n"
-        "from wrappers.daemon.cli import main\n"
+        "from xcluster_cni_daemon.cli import main\n"
         "assert main(['cidr', '10.0.0.0/8/24', '1']) == 0\n"
         f"assert main(['plan', '--nodes-file', {str(EXAMPLE)!r}, '--node-name', 'node-1']) == 0\n"
         "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'kubernetes', 'pyroute2'})\n"

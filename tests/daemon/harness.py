@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from xcluster_cni_lib.daemon import Daemon
-from xcluster_cni_lib.daemonconfig import load_config
-from xcluster_cni_lib.protocols import NodeSource
+from xcluster_cni_lib.core.ports import NodeSource
+from xcluster_cni_lib.daemon.config import load_config
+from xcluster_cni_lib.daemon.service import Daemon
 from xcluster_cni_lib.testing.netns import run_in
 from xcluster_cni_lib.testing.nodes import default_internal_ips, default_pod_cidrs
 

@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterable, Iterator
 import pytest
 
 from xcluster_cni_lib.core.values import IPNetwork, NodeFacts, Plan, Route
-from xcluster_cni_lib.metrics import DaemonMetrics
-from xcluster_cni_lib.nodecache import JOURNAL_SIZE, NodeCache
-from xcluster_cni_lib.reconciler import Reconciler, SyncResult
+from xcluster_cni_lib.sync.metrics import DaemonMetrics
+from xcluster_cni_lib.sync.nodecache import JOURNAL_SIZE, NodeCache
+from xcluster_cni_lib.sync.reconciler import Reconciler, SyncResult
 from xcluster_cni_lib.testing.fakes import FakeRouteTable
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from xcluster_cni_lib.daemonconfig import (
+from xcluster_cni_lib.daemon.config import (
     ConfigError,
     DaemonConfig,
     load_config,
@@ -19,7 +19,7 @@ from xcluster_cni_lib.daemonconfig import (
 
 RUN_SUBCOMMAND = """
 import argparse, sys
-from wrappers.daemon import daemon_cmd
+from xcluster_cni_daemon import daemon_cmd
 parser = argparse.ArgumentParser()
 daemon_cmd.register(parser.add_subparsers())
 args = parser.parse_args(sys.argv[1:])

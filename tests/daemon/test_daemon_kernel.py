@@ -25,8 +25,8 @@ from tests.daemon.harness import (
     wait_routes,
     with_address,
 )
-from xcluster_cni_lib.kube import KubeNodeSource, load_api_client
-from xcluster_cni_lib.reconciler import SyncResult
+from xcluster_cni_lib.sources.kube import KubeNodeSource, load_api_client
+from xcluster_cni_lib.sync.reconciler import SyncResult
 from xcluster_cni_lib.testing.netns import run_in
 from xcluster_cni_lib.testing.nodes import make_node
 

@@ -13,9 +13,9 @@ import pytest
 from tests.daemon.harness import add_gateways
 from xcluster_cni_lib.core.planning import desired_routes
 from xcluster_cni_lib.core.values import NodeFacts, Route
-from xcluster_cni_lib.netlink import NetlinkRouteTable
-from xcluster_cni_lib.nodecache import NodeCache
-from xcluster_cni_lib.reconciler import Reconciler
+from xcluster_cni_lib.kernel.netlink import NetlinkRouteTable
+from xcluster_cni_lib.sync.nodecache import NodeCache
+from xcluster_cni_lib.sync.reconciler import Reconciler
 from xcluster_cni_lib.testing.netns import run_in
 
 pytestmark = pytest.mark.root

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from xcluster_cni_lib import jsonlog
+from xcluster_cni_lib.support import jsonlog
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_one_json_object_per_line_with_fields(stream: io.StringIO) -> None:
     log = jsonlog.get_logger("xcluster_cni_lib.test")
     log.info("sync", added=3, duration_s=0.5, msg="shadowed", nodes=("a", "b"))
     log.debug("hidden")
-    logging.getLogger("xcluster_cni_lib.kube").warning("plain %s", "stdlib")
+    logging.getLogger("xcluster_cni_lib.sources.kube").warning("plain %s", "stdlib")
     out = lines(stream)
     assert len(out) == 2
     assert out[0]["msg"] == "sync" and out[0]["level"] == "info"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from xcluster_cni_lib import kubelite
 from xcluster_cni_lib.core.errors import InputError
 from xcluster_cni_lib.install import files, plan, service
 from xcluster_cni_lib.install.service import Action, InstallPaths
+from xcluster_cni_lib.plugin import kubelite
 
 NODE = "node-a"
 

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
+from xcluster_cni_daemon import cli
 
 from tests.apiserver import ApiServerDouble
-from wrappers.daemon import cli
 from xcluster_cni_lib.core.errors import InputError, InvalidNode
 from xcluster_cni_lib.core.values import InterfaceAddress
 from xcluster_cni_lib.install import plan, service

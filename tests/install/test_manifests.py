@@ -12,10 +12,10 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
+from xcluster_cni_daemon import cli
+from xcluster_cni_daemon.install_cmd import INSTALL_ENV
 
-from wrappers.daemon import cli
-from wrappers.daemon.install_cmd import INSTALL_ENV
-from xcluster_cni_lib.daemonconfig import DEFAULT_PROTOCOL, SETTINGS, parse_http_address
+from xcluster_cni_lib.daemon.config import DEFAULT_PROTOCOL, SETTINGS, parse_http_address
 from xcluster_cni_lib.install import plan
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

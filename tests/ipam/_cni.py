@@ -1,5 +1,5 @@
 """Helpers for the IPAM plugin tests: build configs, invoke a plugin in-process (through
-``xcluster_cni_lib.ipam.plugin.run``) or as the installed executable."""
+``xcluster_cni_lib.plugin.verbs.run``) or as the installed executable."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from xcluster_cni_lib.ipam.plugin import run
+from xcluster_cni_lib.plugin.verbs import run
 
 CNI_PATH = "/usr/lib/cni"
 BIN = Path(sys.executable).parent

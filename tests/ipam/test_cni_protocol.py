@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xcluster_cni_lib.cni import protocol as p
+from xcluster_cni_lib.plugin import protocol as p
 
 
 def test_supported_versions_are_the_promised_ones() -> None:

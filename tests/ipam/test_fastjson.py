@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xcluster_cni_lib.cni import fastjson
+from xcluster_cni_lib.plugin import fastjson
 
 JSON = st.recursive(
     st.none()
@@ -43,7 +43,7 @@ def test_errors_without_json_loaded() -> None:
     """The C scanner needs json.decoder for its error type; without it, still ValueError."""
     code = (
         "import sys\n"
-        "from xcluster_cni_lib.cni import fastjson\n"
+        "from xcluster_cni_lib.plugin import fastjson\n"
         "assert 'json.decoder' not in sys.modules\n"
         "try:\n"
         "    fastjson.loads('{\"a\": }')\n"

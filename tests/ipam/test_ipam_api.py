@@ -229,7 +229,7 @@ def test_nad_without_kubeconfig_uses_the_installed_one_and_its_node_name_file(
     api: ApiServerDouble, conf: Conf, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A cluster-wide NAD names neither kubeconfig nor node: the installer's files do."""
-    from xcluster_cni_lib.ipam import resolve
+    from xcluster_cni_lib.plugin import resolve
 
     installed = tmp_path / "net.d" / "xcluster-cni-kubeconfig"
     installed.parent.mkdir()

@@ -24,19 +24,17 @@ ALLOWED_ON_HIT = {
     "__future__",
     "_json",
     "zlib",
-    "wrappers",
-    "wrappers.ipam",
-    "wrappers.ipam.kube_node",
+    "xcluster_cni_ipam",
+    "xcluster_cni_ipam.kube_node",
     "xcluster_cni_lib",
-    "xcluster_cni_lib.cni",
-    "xcluster_cni_lib.cni.protocol",
-    "xcluster_cni_lib.cni.fastjson",
-    "xcluster_cni_lib.pluginexec",
-    "xcluster_cni_lib.ipam",
-    "xcluster_cni_lib.ipam.cache",
-    "xcluster_cni_lib.ipam.config",
-    "xcluster_cni_lib.ipam.log",
-    "xcluster_cni_lib.ipam.plugin",
+    "xcluster_cni_lib.plugin",
+    "xcluster_cni_lib.plugin.protocol",
+    "xcluster_cni_lib.plugin.fastjson",
+    "xcluster_cni_lib.plugin.delegate",
+    "xcluster_cni_lib.plugin.cache",
+    "xcluster_cni_lib.plugin.config",
+    "xcluster_cni_lib.plugin.log",
+    "xcluster_cni_lib.plugin.verbs",
 }
 
 
@@ -63,7 +61,7 @@ def test_cache_hit_add_imports_only_the_light_modules(conf: Conf) -> None:
     assert rc == 0, out
     assert json.loads(out)["ips"]  # host-local answered through the exec
     added = names - baseline
-    assert "xcluster_cni_lib.ipam.plugin" in added
+    assert "xcluster_cni_lib.plugin.verbs" in added
     assert added <= ALLOWED_ON_HIT, sorted(added - ALLOWED_ON_HIT)
     assert not any(n.split(".")[0] in HEAVY for n in names)
 
@@ -75,5 +73,5 @@ def test_cache_miss_via_the_api_imports_no_client_library(tmp_path: Path) -> Non
         c = netconf(tmp_path / "data", kubeconfig=kubeconfig, nodeName="n1")
         rc, out, names = _imported([str(BIN / "kube-node")], json.dumps(c).encode(), cni_env("ADD"))
     assert rc == 0, out
-    assert "xcluster_cni_lib.kubelite" in names
+    assert "xcluster_cni_lib.plugin.kubelite" in names
     assert not any(n.split(".")[0] in HEAVY for n in names), sorted(names)

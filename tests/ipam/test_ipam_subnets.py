@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from xcluster_cni_lib.cni.protocol import CniError
 from xcluster_cni_lib.core.errors import InvalidNode
 from xcluster_cni_lib.core.nodes import parse_subnets
-from xcluster_cni_lib.ipam.resolve import node_subnets
+from xcluster_cni_lib.plugin.protocol import CniError
+from xcluster_cni_lib.plugin.resolve import node_subnets
 
 VALUES = [
     "10.0.0.0/24",

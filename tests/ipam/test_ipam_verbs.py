@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.ipam._cni import cni_env, invoke, reserved, tree, write_nodes
-from xcluster_cni_lib.ipam.plugin import run
+from xcluster_cni_lib.plugin.verbs import run
 from xcluster_cni_lib.testing.nodes import make_node
 
 Conf = Callable[..., dict[str, Any]]

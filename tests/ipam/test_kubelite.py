@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.apiserver import ApiServerDouble
-from xcluster_cni_lib import kubelite
+from xcluster_cni_lib.plugin import kubelite
 from xcluster_cni_lib.testing.nodes import make_node
 
 NODE = make_node("n1", index=1, images=0)

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from xcluster_cni_lib.core.values import Plan, Route, RouteOutcome
-from xcluster_cni_lib.netlink import (
+from xcluster_cni_lib.kernel.netlink import (
     NetlinkError,
     NetlinkRouteTable,
     RouteMonitor,

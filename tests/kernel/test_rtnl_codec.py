@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from xcluster_cni_lib import rtnl_codec as rc
 from xcluster_cni_lib.core.values import Route
+from xcluster_cni_lib.kernel import codec as rc
 
 
 def route(dst: str, gateway: str) -> Route:

@@ -11,7 +11,7 @@ import pytest
 
 from tests.apiserver import ApiServerDouble
 from tests.kube.helpers import RecordingSink
-from xcluster_cni_lib.kube import load_api_client
+from xcluster_cni_lib.sources.kube import load_api_client
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from tests.apiserver import ApiServerDouble
 from xcluster_cni_lib.core.errors import InputError, TemporaryError
-from xcluster_cni_lib.kube import get_node, list_node_facts, load_api_client
+from xcluster_cni_lib.sources.kube import get_node, list_node_facts, load_api_client
 from xcluster_cni_lib.testing.nodes import make_node
 
 
@@ -81,7 +81,7 @@ def test_list_scanner_matches_json_loads() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from xcluster_cni_lib.kube import _scan_list
+    from xcluster_cni_lib.sources.kube import _scan_list
 
     scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=5)
     values = st.recursive(

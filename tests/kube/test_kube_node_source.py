@@ -11,7 +11,7 @@ import pytest
 from tests.apiserver import ApiServerDouble
 from tests.kube.helpers import RecordingSink, running, wait_until
 from xcluster_cni_lib.core.facts import extract_facts
-from xcluster_cni_lib.kube import KubeNodeSource
+from xcluster_cni_lib.sources.kube import KubeNodeSource
 from xcluster_cni_lib.testing.nodes import make_node
 
 CIDR_KEY = "example.com/pod-cidrs"
@@ -138,7 +138,7 @@ def test_stalled_stream_reconnects_after_idle_timeout(
 ) -> None:
     _populate(api, 3)
     source = _source(api_client, idle_timeout=1.0)
-    with running(source, sink), caplog.at_level(logging.WARNING, "xcluster_cni_lib.kube"):
+    with running(source, sink), caplog.at_level(logging.WARNING, "xcluster_cni_lib.sources.kube"):
         wait_until(lambda: api.active_watches == 1)
         assert api.stall_watches() == 1  # open but silent: no events, no bookmarks
         api.add_node(make_node("during-stall", index=80))

@@ -21,13 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xcluster_cni_lib.cni.protocol import INTERNAL_ERROR
 from xcluster_cni_lib.core.errors import InputError, InvalidNode
 from xcluster_cni_lib.core.facts import extract_facts
 from xcluster_cni_lib.core.nodes import parse_addresses, parse_node, parse_subnets
 from xcluster_cni_lib.core.planning import desired_routes, plan_routes
 from xcluster_cni_lib.core.values import NodeFacts, NodeNetwork
-from xcluster_cni_lib.ipam.plugin import run
+from xcluster_cni_lib.plugin.protocol import INTERNAL_ERROR
+from xcluster_cni_lib.plugin.verbs import run
 from xcluster_cni_lib.testing.nodes import make_node
 
 CIDR_KEY = "example.com/cidrs"

@@ -1,6 +1,8 @@
-"""The layer rules, checked on the source: only ``kube.py`` imports kubernetes, only
-``netlink.py`` imports pyroute2, and the pure core imports neither (nor any non-core
-module of the library). Also checked at run time in a fresh interpreter."""
+"""The layer rules are folder rules, checked on the source: each folder of
+``xcluster_cni_lib`` may import only the standard library, the folders listed for it in
+``RULES`` and the third-party packages listed for it. Only ``sources/`` imports
+kubernetes, only ``kernel/`` imports pyroute2. Also checked at run time in a fresh
+interpreter for the pure core."""
 
 from __future__ import annotations
 
@@ -14,11 +16,37 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent.parent
 LIB = ROOT / "xcluster_cni_lib"
 CORE = LIB / "core"
-SOURCES = sorted([*LIB.rglob("*.py"), *(ROOT / "wrappers").rglob("*.py")])
-ONLY = {"kubernetes": LIB / "kube.py", "pyroute2": LIB / "netlink.py"}
+WRAPPERS = {
+    "xcluster_cni_daemon": ROOT / "wrappers" / "daemon" / "xcluster_cni_daemon",
+    "xcluster_cni_ipam": ROOT / "wrappers" / "ipam" / "xcluster_cni_ipam",
+}
+SOURCES = sorted([*LIB.rglob("*.py"), *(p for w in WRAPPERS.values() for p in w.rglob("*.py"))])
+
+# folder -> (library folders it may import besides itself, third-party packages it may import)
+RULES: dict[str, tuple[set[str], set[str]]] = {
+    "core": (set(), {"attrs"}),
+    "support": ({"core"}, {"yaml"}),
+    "plugin": ({"core", "support"}, set()),
+    "kernel": ({"core", "support"}, {"pyroute2"}),
+    "sources": ({"core", "support"}, {"kubernetes", "urllib3", "yaml"}),
+    "sync": ({"core", "support"}, {"attrs", "prometheus_client"}),
+    "daemon": ({"core", "support", "kernel", "sources", "sync"}, {"attrs"}),
+    "install": ({"core", "support", "kernel", "sources"}, {"attrs", "yaml"}),
+    "testing": ({"core", "support", "sync"}, {"attrs"}),
+    "lab": ({"core", "support", "testing"}, {"attrs", "pytest"}),
+}
+# wrapper package -> library folders it may import (third-party: none)
+WRAPPER_RULES = {
+    "xcluster_cni_daemon": set(RULES) - {"testing"},
+    "xcluster_cni_ipam": {"plugin"},
+}
+HEAVY = {"kubernetes": "sources", "pyroute2": "kernel"}
 
 
 def package_of(path: Path) -> str:
+    for name, base in WRAPPERS.items():
+        if base in path.parents:
+            return ".".join([name, *path.relative_to(base).with_suffix("").parts[:-1]])
     return ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
 
 
@@ -61,43 +89,78 @@ def top(module: str) -> str:
     return module.split(".")[0]
 
 
-def test_the_checker_sees_every_kind_of_import(tmp_path: Path) -> None:
-    probe = tmp_path / "probe.py"
-    probe.write_text(
-        "import os\n"
-        "def f():\n"
-        "    from pyroute2 import IPRoute\n"
-        "    import importlib\n"
-        "    importlib.import_module('kubernetes.client')\n"
-        "from . import values\n"
-        "from ..netlink import x\n"
-    )
-    found = imported_modules(probe, "xcluster_cni_lib.core")
-    assert {"os", "pyroute2", "kubernetes.client", "xcluster_cni_lib.core.values"} <= found
-    assert "xcluster_cni_lib.netlink" in found
+def violations(path: Path, own: str, folders: set[str], third: set[str]) -> list[str]:
+    """The imports of ``path`` that its folder's rule does not allow."""
+    package = package_of(path)
+    return [
+        f"{path.relative_to(ROOT)}: {m}" for m in violations_of(path, package, own, folders, third)
+    ]
 
 
-@pytest.mark.parametrize("package", sorted(ONLY))
-def test_only_one_module_imports_each_heavy_package(package: str) -> None:
+def test_every_module_lives_in_a_folder_with_a_rule() -> None:
+    loose = [p.name for p in LIB.glob("*.py") if p.name != "__init__.py"]
+    assert loose == [], "modules belong in a folder whose name says their layer"
+    assert {p.name for p in LIB.iterdir() if p.is_dir() and p.name != "__pycache__"} <= set(
+        RULES
+    ) | {"data"}
+
+
+@pytest.mark.parametrize("folder", sorted(RULES))
+def test_folder_imports_only_what_its_rule_allows(folder: str) -> None:
+    folders, third = RULES[folder]
+    bad = [
+        v
+        for p in sorted((LIB / folder).rglob("*.py"))
+        for v in violations(p, folder, folders, third)
+    ]
+    assert bad == []
+
+
+@pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
+def test_wrappers_import_only_the_library(wrapper: str) -> None:
+    bad = [
+        v
+        for p in sorted(WRAPPERS[wrapper].rglob("*.py"))
+        for v in violations(p, wrapper, WRAPPER_RULES[wrapper], set())
+    ]
+    assert bad == []
+
+
+@pytest.mark.parametrize("package", sorted(HEAVY))
+def test_only_one_folder_imports_each_heavy_package(package: str) -> None:
+    home = LIB / HEAVY[package]
     offenders = [
         str(p.relative_to(ROOT))
         for p in SOURCES
-        if p != ONLY[package] and any(top(m) == package for m in imported_modules(p))
+        if home not in p.parents and any(top(m) == package for m in imported_modules(p))
     ]
-    assert offenders == [], f"only {ONLY[package].name} may import {package}"
+    assert offenders == [], f"only {HEAVY[package]}/ may import {package}"
 
 
-def test_core_is_pure() -> None:
-    offenders = []
-    for path in sorted(CORE.rglob("*.py")):
-        for module in imported_modules(path):
-            heavy = top(module) in ONLY
-            outside = top(module) == "xcluster_cni_lib" and not module.startswith(
-                "xcluster_cni_lib.core"
-            )
-            if heavy or outside:
-                offenders.append(f"{path.name}: {module}")
-    assert offenders == []
+def test_the_rules_catch_a_forbidden_import(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("import json\nimport attrs\nfrom xcluster_cni_lib.kernel import netlink\n")
+    folders, third = RULES["plugin"]
+    found = set(violations_of(probe, "xcluster_cni_lib.plugin", "plugin", folders, third))
+    assert {"attrs", "xcluster_cni_lib.kernel.netlink"} <= found
+    assert "json" not in found
+
+
+def violations_of(
+    path: Path, package: str, own: str, folders: set[str], third: set[str]
+) -> list[str]:
+    out = []
+    for module in sorted(imported_modules(path, package)):
+        first = top(module)
+        if first in sys.stdlib_module_names or first == "__future__":
+            continue
+        if first == "xcluster_cni_lib":
+            parts = module.split(".")
+            if len(parts) > 1 and (LIB / parts[1]).is_dir() and parts[1] not in folders | {own}:
+                out.append(module)
+        elif first != own and first not in third:
+            out.append(module)
+    return out
 
 
 def test_core_loads_nothing_heavy_at_run_time() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from xcluster_cni_lib.core.errors import InputError
 from xcluster_cni_lib.core.values import NodeFacts
-from xcluster_cni_lib.nodesfile import FileNodeSource, load_node_facts, load_node_list
+from xcluster_cni_lib.sources.nodesfile import FileNodeSource, load_node_facts, load_node_list
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -230,7 +230,7 @@ def test_broken_file_keeps_view_and_reports_unhealthy(
 ) -> None:
     f, sink, _ = running
     wait_for(lambda: sink.health() == [True])
-    with caplog.at_level(logging.WARNING, logger="xcluster_cni_lib.nodesfile"):
+    with caplog.at_level(logging.WARNING, logger="xcluster_cni_lib.sources.nodesfile"):
         f.write_text("{not json")
         wait_for(lambda: sink.health() == [True, False])
     assert sink.replaced() == [["a"]]  # the previous view stays
@@ -272,7 +272,7 @@ def test_missing_file_on_start(tmp_path: Path, caplog: pytest.LogCaptureFixture)
     sink = RecordingSink()
     stop = threading.Event()
     source = FileNodeSource(f, poll_interval=0.02)
-    with caplog.at_level(logging.WARNING, logger="xcluster_cni_lib.nodesfile"):
+    with caplog.at_level(logging.WARNING, logger="xcluster_cni_lib.sources.nodesfile"):
         thread = threading.Thread(target=source.run, args=(sink, stop), daemon=True)
         thread.start()
         try:

@@ -9,7 +9,7 @@ import pytest
 from xcluster_cni_lib.core.errors import InputError
 from xcluster_cni_lib.core.ownnode import find_own, resolve_own
 from xcluster_cni_lib.core.values import NodeFacts, NodeNetwork
-from xcluster_cni_lib.hostinfo import read_machine_id
+from xcluster_cni_lib.support.hostinfo import read_machine_id
 
 NODES = [
     NodeFacts("a", machine_id="aaaa0000aaaa0000aaaa0000aaaa0000"),

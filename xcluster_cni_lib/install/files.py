@@ -16,8 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from xcluster_cni_lib import atomicfile
-from xcluster_cni_lib.atomicfile import TMP_PREFIX, fsync_dir
+from xcluster_cni_lib.support import atomicfile
+from xcluster_cni_lib.support.atomicfile import TMP_PREFIX, fsync_dir
 
 CHUNK = 1 << 20
 

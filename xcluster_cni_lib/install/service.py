@@ -248,7 +248,8 @@ def detect_mtu(
 ) -> tuple[int, str | None]:
     """``node_mtu`` for the Node named ``node_name`` read from the API server, against
     the interfaces of this network namespace (or ``netns``)."""
-    from xcluster_cni_lib import kube, netlink
+    from xcluster_cni_lib.kernel import netlink
+    from xcluster_cni_lib.sources import kube
 
     if not node_name:
         raise InputError("NODE_NAME is not set: cannot find this node's address")

@@ -11,10 +11,10 @@ from typing import Any
 
 import attrs
 
-from xcluster_cni_lib.atomicfile import write_atomic
 from xcluster_cni_lib.core.addresses import parse_address, parse_cidr, split_list
 from xcluster_cni_lib.core.values import IPAddress, IPNetwork
 from xcluster_cni_lib.lab.spec import LabSpec, NetworkSpec, node_name
+from xcluster_cni_lib.support.atomicfile import write_atomic
 from xcluster_cni_lib.testing.nodes import make_node
 
 

@@ -8,8 +8,8 @@ happened. ``FakeNodeSource`` feeds a sink from a script the test drives from any
 Example::
 
     from xcluster_cni_lib.core.values import NodeFacts
-    from xcluster_cni_lib.nodecache import NodeCache
-    from xcluster_cni_lib.reconciler import Reconciler
+    from xcluster_cni_lib.sync.nodecache import NodeCache
+    from xcluster_cni_lib.sync.reconciler import Reconciler
     from xcluster_cni_lib.testing.fakes import FakeRouteTable
 
     cache = NodeCache(cidr_annotation=None, address_annotation=None)
@@ -26,6 +26,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable
 
+from xcluster_cni_lib.core.ports import NodeSink
 from xcluster_cni_lib.core.values import (
     IPAddress,
     IPNetwork,
@@ -34,7 +35,6 @@ from xcluster_cni_lib.core.values import (
     Route,
     RouteOutcome,
 )
-from xcluster_cni_lib.protocols import NodeSink
 
 
 class FakeRouteTable:

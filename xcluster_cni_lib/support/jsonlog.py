@@ -9,7 +9,7 @@ Built on the standard ``logging`` module, so lines logged by other modules (``ku
 
 Usage::
 
-    from xcluster_cni_lib import jsonlog
+    from xcluster_cni_lib.support import jsonlog
     jsonlog.setup("info")                      # once, in a main
     log = jsonlog.get_logger(__name__)
     log.info("sync done", added=3, duration_s=0.004)

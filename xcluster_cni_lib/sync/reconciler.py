@@ -33,13 +33,13 @@ from collections.abc import Callable, Collection, Sequence
 
 import attrs
 
-from xcluster_cni_lib import jsonlog
 from xcluster_cni_lib.core.ownnode import find_own
 from xcluster_cni_lib.core.planning import DesiredRoutes, plan_routes
+from xcluster_cni_lib.core.ports import RouteTable, TrackingRouteTable
 from xcluster_cni_lib.core.values import IPNetwork, NodeNetwork, Plan, Problem, Route, RouteOutcome
-from xcluster_cni_lib.metrics import DaemonMetrics
-from xcluster_cni_lib.nodecache import CachedNode, CacheView, NodeCache
-from xcluster_cni_lib.protocols import RouteTable, TrackingRouteTable
+from xcluster_cni_lib.support import jsonlog
+from xcluster_cni_lib.sync.metrics import DaemonMetrics
+from xcluster_cni_lib.sync.nodecache import CachedNode, CacheView, NodeCache
 
 log = jsonlog.get_logger(__name__)
 

@@ -34,8 +34,8 @@ from kubernetes.config.config_exception import ConfigException
 
 from xcluster_cni_lib.core.errors import InputError, TemporaryError
 from xcluster_cni_lib.core.facts import extract_facts
+from xcluster_cni_lib.core.ports import NodeSink
 from xcluster_cni_lib.core.values import NodeFacts
-from xcluster_cni_lib.protocols import NodeSink
 
 __all__ = [
     "KubeNodeSource",

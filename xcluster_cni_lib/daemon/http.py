@@ -11,8 +11,8 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from xcluster_cni_lib import jsonlog
-from xcluster_cni_lib.metrics import CONTENT_TYPE
+from xcluster_cni_lib.support import jsonlog
+from xcluster_cni_lib.sync.metrics import CONTENT_TYPE
 
 log = jsonlog.get_logger(__name__)
 

@@ -1,5 +1,5 @@
 """``xcluster-cni daemon``: the router daemon. Reads its settings from the environment,
-each overridable by a flag, then runs ``xcluster_cni_lib.daemon`` until SIGTERM/SIGINT.
+each overridable by a flag, then runs ``xcluster_cni_lib.daemon.service`` until SIGTERM/SIGINT.
 Settings are documented in ``docs/daemon.md``."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from xcluster_cni_lib.daemonconfig import SETTINGS, ConfigError, load_config
+from xcluster_cni_lib.daemon.config import SETTINGS, ConfigError, load_config
 
 
 def _flag(name: str) -> str:
@@ -31,14 +31,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def main(args: argparse.Namespace) -> int:
     """Run the daemon with ``args`` (parsed flags) over the environment."""
-    from xcluster_cni_lib import daemon, jsonlog
+    from xcluster_cni_lib.daemon import service as daemon
+    from xcluster_cni_lib.support import jsonlog
 
     flags = {name: getattr(args, name, None) for name in SETTINGS}
     try:
         config = load_config(os.environ, flags)
     except ConfigError as e:
         jsonlog.setup("info")
-        jsonlog.get_logger("xcluster_cni_lib.daemon").error(
+        jsonlog.get_logger("xcluster_cni_lib.daemon.service").error(
             f"invalid configuration: {e}", variable=e.name, value=e.value
         )
         return 1
@@ -47,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         return daemon.run(config)
     except Exception as e:  # start-up failed (API config, netlink socket, HTTP port in use)
-        jsonlog.get_logger("xcluster_cni_lib.daemon").error(
+        jsonlog.get_logger("xcluster_cni_lib.daemon.service").error(
             "start failed", error=f"{type(e).__name__}: {e}"
         )
         return 1

@@ -16,13 +16,13 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, Protocol
 
-from xcluster_cni_lib import jsonlog
-from xcluster_cni_lib.daemonconfig import DaemonConfig, format_address
-from xcluster_cni_lib.httpserver import StatusServer
-from xcluster_cni_lib.metrics import DaemonMetrics
-from xcluster_cni_lib.nodecache import NodeCache
-from xcluster_cni_lib.protocols import NodeSource, RouteTable
-from xcluster_cni_lib.reconciler import Reconciler
+from xcluster_cni_lib.core.ports import NodeSource, RouteTable
+from xcluster_cni_lib.daemon.config import DaemonConfig, format_address
+from xcluster_cni_lib.daemon.http import StatusServer
+from xcluster_cni_lib.support import jsonlog
+from xcluster_cni_lib.sync.metrics import DaemonMetrics
+from xcluster_cni_lib.sync.nodecache import NodeCache
+from xcluster_cni_lib.sync.reconciler import Reconciler
 
 log = jsonlog.get_logger(__name__)
 
@@ -39,14 +39,14 @@ class Monitor(Protocol):
 def make_source(config: DaemonConfig) -> NodeSource:
     """The node source the config asks for: a nodes file, or the Kubernetes API."""
     if config.nodes_file is not None:
-        from xcluster_cni_lib.nodesfile import FileNodeSource
+        from xcluster_cni_lib.sources.nodesfile import FileNodeSource
 
         return FileNodeSource(
             config.nodes_file,
             cidr_annotation=config.cidr_annotation,
             address_annotation=config.address_annotation,
         )
-    from xcluster_cni_lib.kube import KubeNodeSource, load_api_client
+    from xcluster_cni_lib.sources.kube import KubeNodeSource, load_api_client
 
     client = load_api_client(config.kubeconfig)
     source: NodeSource = KubeNodeSource(
@@ -82,7 +82,7 @@ class Daemon:
         )
         self.source = source if source is not None else make_source(config)
         if table is None:
-            from xcluster_cni_lib.netlink import NetlinkRouteTable, RouteMonitor
+            from xcluster_cni_lib.kernel.netlink import NetlinkRouteTable, RouteMonitor
 
             table = NetlinkRouteTable(config.protocol, netns=netns)
             if monitor is None:
@@ -90,7 +90,7 @@ class Daemon:
         self.table = table
         self.monitor = monitor
         if machine_id is None:
-            from xcluster_cni_lib.hostinfo import read_machine_id
+            from xcluster_cni_lib.support.hostinfo import read_machine_id
 
             machine_id = read_machine_id()
         self.reconciler = Reconciler(

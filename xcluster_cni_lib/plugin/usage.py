@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from xcluster_cni_lib.ipam import store
-from xcluster_cni_lib.ipam.cache import RangeSet
+from xcluster_cni_lib.plugin import store
+from xcluster_cni_lib.plugin.cache import RangeSet
 
 
 def _bounds(r: dict[str, str]) -> tuple[int, int, int]:

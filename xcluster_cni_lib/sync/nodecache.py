@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable
 
 import attrs
 
-from xcluster_cni_lib import jsonlog
 from xcluster_cni_lib.core.errors import InvalidNode
 from xcluster_cni_lib.core.nodes import parse_facts
 from xcluster_cni_lib.core.values import NodeFacts, NodeNetwork, Problem
+from xcluster_cni_lib.support import jsonlog
 
 log = jsonlog.get_logger(__name__)
 

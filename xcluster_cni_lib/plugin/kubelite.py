@@ -6,7 +6,7 @@ plain HTTP/1.1 over ``socket`` and ``ssl`` (``http.client`` and ``urllib`` would
 ``email``, ``re`` and more: ~15 ms of imports). It reads a kubeconfig (JSON, or YAML via
 PyYAML imported lazily) or the in-cluster service account. Authentication it does not
 do (``exec`` and ``auth-provider`` plugins) raises ``Unsupported`` so callers can fall back
-to the full client (``xcluster_cni_lib.kube``).
+to the full client (``xcluster_cni_lib.sources.kube``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 
-from xcluster_cni_lib.cni import fastjson as json
+from xcluster_cni_lib.plugin import fastjson as json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from xcluster_cni_lib.cni.protocol import INVALID_CONFIG, UNSUPPORTED_FIELD, CniError
+from xcluster_cni_lib.plugin.protocol import INVALID_CONFIG, UNSUPPORTED_FIELD, CniError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # (collections.abc imports all of collections)

@@ -12,22 +12,22 @@ import ipaddress
 import os
 from collections.abc import Iterable, Mapping
 
-from xcluster_cni_lib.cni import fastjson as json
-from xcluster_cni_lib.cni.protocol import (
+from xcluster_cni_lib.plugin import fastjson as json
+from xcluster_cni_lib.plugin.cache import FORMAT, RANGE_KEYS, RangeSet, digest
+from xcluster_cni_lib.plugin.config import NODE_NAME_FILE, IpamConfig
+from xcluster_cni_lib.plugin.protocol import (
     INVALID_CONFIG,
     NODE_NOT_FOUND,
     NODE_UNUSABLE,
     TRY_AGAIN_LATER,
     CniError,
 )
-from xcluster_cni_lib.ipam.cache import FORMAT, RANGE_KEYS, RangeSet, digest
-from xcluster_cni_lib.ipam.config import NODE_NAME_FILE, IpamConfig
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from xcluster_cni_lib.ipam.log import Log
+    from xcluster_cni_lib.plugin.log import Log
 
 MACHINE_ID_FILE = "/etc/machine-id"
 # Where the installer puts the plugins' kubeconfig (``install.plan``): used when neither the
@@ -187,7 +187,7 @@ def fetch_own_node(conf: IpamConfig, env: Mapping[str, str], log: Log) -> dict[s
 
     if conf.nodes_file:
         from xcluster_cni_lib.core.errors import InputError
-        from xcluster_cni_lib.nodesfile import load_node_list
+        from xcluster_cni_lib.sources.nodesfile import load_node_list
 
         try:
             nodes = load_node_list(conf.nodes_file)
@@ -203,7 +203,7 @@ def fetch_own_node(conf: IpamConfig, env: Mapping[str, str], log: Log) -> dict[s
 def _fetch_from_api(
     conf: IpamConfig, env: Mapping[str, str], name: str, source: str, machine_id: str
 ) -> dict[str, Any]:
-    from xcluster_cni_lib import kubelite
+    from xcluster_cni_lib.plugin import kubelite
 
     try:
         ep = kubelite.endpoint(kubeconfig_path(conf, env), env)
@@ -236,7 +236,7 @@ def _fetch_with_full_client(
 ) -> dict[str, Any]:
     import importlib
 
-    kube: Any = importlib.import_module("xcluster_cni_lib.kube")
+    kube: Any = importlib.import_module("xcluster_cni_lib.sources.kube")
     try:
         client = kube.load_api_client(kubeconfig_path(conf, env), timeout=conf.timeout)
         found = kube.get_node(client, name)

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import attrs
 
 from xcluster_cni_lib.core.errors import InputError
-from xcluster_cni_lib.jsonlog import LEVELS
+from xcluster_cni_lib.support.jsonlog import LEVELS
 
 DEFAULT_PROTOCOL = 202
 DEFAULT_RESYNC = 60.0

@@ -98,8 +98,8 @@ def _annotation(value: str | None) -> str | None:
 def run_install(args: argparse.Namespace) -> int:
     """Run the installer; logs one JSON line per file and returns 0, or raises an
     ``InputError`` that ``cli.main`` reports in one line."""
-    from xcluster_cni_lib import jsonlog
     from xcluster_cni_lib.install import plan, service
+    from xcluster_cni_lib.support import jsonlog
 
     jsonlog.setup(os.environ.get("LOG_LEVEL", "info"))
     log = jsonlog.get_logger("xcluster_cni_lib.install")

@@ -27,10 +27,10 @@ from xcluster_cni_lib.core.errors import XclusterError
 PROG = "xcluster-cni"
 
 SUBCOMMAND_MODULES = [
-    "wrappers.daemon.tools",
-    "wrappers.daemon.lab_cmd",
-    "wrappers.daemon.install_cmd",
-    "wrappers.daemon.daemon_cmd",
+    "xcluster_cni_daemon.tools",
+    "xcluster_cni_daemon.lab_cmd",
+    "xcluster_cni_daemon.install_cmd",
+    "xcluster_cni_daemon.daemon_cmd",
 ]
 
 

@@ -10,9 +10,12 @@ that path; node lookups (``resolve``) and the store helpers are imported when ne
 
 from __future__ import annotations
 
-from xcluster_cni_lib import pluginexec
-from xcluster_cni_lib.cni import fastjson as json
-from xcluster_cni_lib.cni.protocol import (
+from xcluster_cni_lib.plugin import delegate as pluginexec
+from xcluster_cni_lib.plugin import fastjson as json
+from xcluster_cni_lib.plugin.cache import InvalidCache, RangeSet, read_cache, remove_cache
+from xcluster_cni_lib.plugin.config import IpamConfig, parse_config
+from xcluster_cni_lib.plugin.log import Log
+from xcluster_cni_lib.plugin.protocol import (
     DECODE_FAILURE,
     DELEGATE_FAILED,
     INCOMPATIBLE_VERSION,
@@ -32,9 +35,6 @@ from xcluster_cni_lib.cni.protocol import (
     parse_command,
     version_info,
 )
-from xcluster_cni_lib.ipam.cache import InvalidCache, RangeSet, read_cache, remove_cache
-from xcluster_cni_lib.ipam.config import IpamConfig, parse_config
-from xcluster_cni_lib.ipam.log import Log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # (collections.abc imports all of collections)
@@ -167,8 +167,8 @@ def _add(call: _Call) -> int:
     ranges = _usable_cache(call)
     hit = ranges is not None
     if ranges is None:
-        from xcluster_cni_lib.ipam.cache import write_cache
-        from xcluster_cni_lib.ipam.resolve import build_cache, validate_ranges
+        from xcluster_cni_lib.plugin.cache import write_cache
+        from xcluster_cni_lib.plugin.resolve import build_cache, validate_ranges
 
         doc = build_cache(conf, call.env, call.log)
         ranges = validate_ranges(doc["ranges"])
@@ -208,7 +208,7 @@ def _delegate_del(call: _Call, delegate: str, ranges: list[RangeSet]) -> bool:
 
 
 def _del(call: _Call) -> int:
-    from xcluster_cni_lib.ipam import store
+    from xcluster_cni_lib.plugin import store
 
     orphans = store.release_orphans(call.conf.network_dir)
     if orphans:
@@ -246,7 +246,7 @@ def _check(call: _Call) -> int:
             pluginexec.exec_plugin(delegate, stdin=data, env=env)
         rc, out = pluginexec.run_plugin(delegate, stdin=data, env=env)
         return call.relay_error(rc, out) if rc != 0 else 0
-    from xcluster_cni_lib.ipam import store
+    from xcluster_cni_lib.plugin import store
 
     cid, ifname = call.env["CNI_CONTAINERID"], call.env["CNI_IFNAME"]
     if any(store.matches(r, cid, ifname) for r in store.reservations(conf.network_dir)):
@@ -274,7 +274,7 @@ def _gc(call: _Call) -> int:
             "GC needs cni.dev/valid-attachments: a list of {containerID, ifname}",
             repr(attachments),
         )
-    from xcluster_cni_lib.ipam import store
+    from xcluster_cni_lib.plugin import store
 
     released = store.gc(
         call.conf.network_dir, {(a["containerID"], a["ifname"]) for a in attachments}
@@ -289,13 +289,13 @@ def _status(call: _Call) -> int:
     if cached is not None:
         ranges = cached[1]
     else:
-        from xcluster_cni_lib.ipam.resolve import build_cache, validate_ranges
+        from xcluster_cni_lib.plugin.resolve import build_cache, validate_ranges
 
         try:
             ranges = validate_ranges(build_cache(call.conf, call.env, call.log)["ranges"])
         except CniError as e:
             raise CniError(NOT_AVAILABLE, f"subnets unknown: {e.msg}", e.details) from None
-    from xcluster_cni_lib.ipam.usage import exhausted
+    from xcluster_cni_lib.plugin.usage import exhausted
 
     full = exhausted(call.conf.network_dir, ranges)
     if full:

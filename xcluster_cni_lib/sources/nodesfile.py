@@ -18,8 +18,8 @@ from typing import Any
 
 from xcluster_cni_lib.core.errors import InputError
 from xcluster_cni_lib.core.facts import extract_facts
+from xcluster_cni_lib.core.ports import NodeSink
 from xcluster_cni_lib.core.values import NodeFacts
-from xcluster_cni_lib.protocols import NodeSink
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import zlib
 
-from xcluster_cni_lib.cni import fastjson as json
+from xcluster_cni_lib.plugin import fastjson as json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def read_cache(path: str, *, plugin: str) -> tuple[dict[str, Any], list[RangeSet
 
 def write_cache(path: str, doc: dict[str, Any]) -> None:
     """Write the cache atomically, creating its directory."""
-    from xcluster_cni_lib.atomicfile import write_atomic
+    from xcluster_cni_lib.support.atomicfile import write_atomic
 
     write_atomic(path, json.dumps(doc).encode(), make_dirs=True)
 

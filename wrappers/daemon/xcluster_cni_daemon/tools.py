@@ -35,7 +35,7 @@ def _warn(lines: Iterable[object]) -> None:
 def _protocol(text: str) -> int:
     """A route protocol number 1-255, or a name from iproute2's rt_protos (any protocol
     can be shown, the kernel's own included)."""
-    from xcluster_cni_lib.daemonconfig import read_rt_protos
+    from xcluster_cni_lib.daemon.config import read_rt_protos
 
     if text.isdecimal() and 1 <= int(text) <= 255:
         return int(text)
@@ -159,7 +159,7 @@ def cmd_cidr(args: argparse.Namespace) -> int:
 def cmd_mtu(args: argparse.Namespace) -> int:
     from xcluster_cni_lib.core.addresses import parse_address
     from xcluster_cni_lib.core.mtu import choose_mtu
-    from xcluster_cni_lib.netlink import list_interface_addresses
+    from xcluster_cni_lib.kernel.netlink import list_interface_addresses
 
     try:
         address = parse_address(args.address)
@@ -175,8 +175,8 @@ def cmd_mtu(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from xcluster_cni_lib.core.ownnode import resolve_own
     from xcluster_cni_lib.core.planning import desired_routes_from_facts
-    from xcluster_cni_lib.hostinfo import read_machine_id
-    from xcluster_cni_lib.nodesfile import load_node_facts
+    from xcluster_cni_lib.sources.nodesfile import load_node_facts
+    from xcluster_cni_lib.support.hostinfo import read_machine_id
 
     facts = load_node_facts(
         args.nodes_file,
@@ -202,7 +202,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     from xcluster_cni_lib.core.nodes import parse_facts
 
     if args.nodes_file:
-        from xcluster_cni_lib.nodesfile import load_node_facts
+        from xcluster_cni_lib.sources.nodesfile import load_node_facts
 
         facts = load_node_facts(
             args.nodes_file,
@@ -210,7 +210,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
             address_annotation=args.address_annotation,
         )
     else:
-        from xcluster_cni_lib import kube
+        from xcluster_cni_lib.sources import kube
 
         client = kube.load_api_client(args.kubeconfig)
         try:
@@ -258,7 +258,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 def cmd_kernelroutes(args: argparse.Namespace) -> int:
     from xcluster_cni_lib.core.planning import route_sort_key
-    from xcluster_cni_lib.netlink import NetlinkRouteTable
+    from xcluster_cni_lib.kernel.netlink import NetlinkRouteTable
 
     table = NetlinkRouteTable(args.protocol)
     try:

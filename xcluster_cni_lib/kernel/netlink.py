@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Final, NamedTuple
 
-from xcluster_cni_lib import rtnl_codec as rc
 from xcluster_cni_lib.core.values import (
     InterfaceAddress,
     IPAddress,
@@ -37,6 +36,7 @@ from xcluster_cni_lib.core.values import (
     Route,
     RouteOutcome,
 )
+from xcluster_cni_lib.kernel import codec as rc
 
 log = logging.getLogger(__name__)
 
