@@ -96,7 +96,7 @@ def _heartbeats(double: Any, names: list[str], *, rate: float, count: int, start
 
 _IMPORTS = """
 import re
-import xcluster_cni_lib.daemon.service, xcluster_cni_lib.kernel.netlink
+import xcluster_cni_lib.daemon.service, xcluster_cni_lib.kernel.routetable
 import xcluster_cni_lib.sync.nodecache, xcluster_cni_lib.sync.reconciler
 import xcluster_cni_lib.daemon.http, xcluster_cni_lib.sync.metrics
 print(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1))

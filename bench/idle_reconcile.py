@@ -66,7 +66,7 @@ def _desired(view: Any, find_own: Any, desired_routes: Any) -> list[Route]:
 def run(params: Json) -> Json:
     from xcluster_cni_lib.core.ownnode import find_own
     from xcluster_cni_lib.core.planning import desired_routes, plan_routes
-    from xcluster_cni_lib.kernel.netlink import NetlinkRouteTable
+    from xcluster_cni_lib.kernel.routetable import NetlinkRouteTable
     from xcluster_cni_lib.sync.nodecache import NodeCache
     from xcluster_cni_lib.sync.reconciler import Reconciler
 
@@ -79,7 +79,7 @@ def run(params: Json) -> Json:
     facts = [extract_facts(node) for node in nodes]
     del nodes
 
-    cache = NodeCache(cidr_annotation=None, address_annotation=None)
+    cache = NodeCache()
     cache.replace_all(facts)
     cache.set_healthy(True)
     raw = NetlinkRouteTable(PROTOCOL)

@@ -264,10 +264,42 @@ def test_plan_bad_nodes_file(
     assert line.startswith(f"xcluster-cni: error: nodes file {f}") and message in line
 
 
+@pytest.mark.parametrize("command", ["plan", "nodes"])
+@pytest.mark.parametrize(
+    ("flag", "key"),
+    [
+        ("--address-annotation", "bad key!!"),
+        ("--cidr-annotation", "example.com/"),
+        ("--cidr-annotation", "Bad_Prefix.example.com/x"),
+    ],
+)
+def test_a_key_the_daemon_refuses_is_refused_by_the_dry_run(
+    capsys: pytest.CaptureFixture[str], command: str, flag: str, key: str
+) -> None:
+    """The dry run must not print [] and exit 0 for a setting the daemon stops on."""
+    from xcluster_cni_lib.daemon.config import ConfigError, load_config
+
+    variable = flag[2:].upper().replace("-", "_")
+    with pytest.raises(ConfigError):
+        load_config({variable: key})
+    line = fails_with(capsys, command, "--nodes-file", str(EXAMPLE), flag, key)
+    assert line.startswith("xcluster-cni: error: ") and repr(key) in line
+    assert "not a valid annotation key" in line
+
+
+def test_a_bad_key_from_the_environment_is_refused_too(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ADDRESS_ANNOTATION", "bad key!!")
+    line = fails_with(capsys, "plan", "--nodes-file", str(EXAMPLE), "--node-name", "node-1")
+    assert "'bad key!!'" in line
+
+
 def test_plan_is_what_the_daemon_installs(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """The dry run and the daemon's reconciler agree on a realistic node list."""
+    from xcluster_cni_lib.core.values import Annotations
     from xcluster_cni_lib.sources.nodesfile import load_node_facts
     from xcluster_cni_lib.sync.nodecache import NodeCache
     from xcluster_cni_lib.sync.reconciler import Reconciler
@@ -287,8 +319,8 @@ def test_plan_is_what_the_daemon_installs(
         extra = ["--cidr-annotation", key] if key else []
         code, out, _ = run(capsys, "plan", "--nodes-file", str(f), "--node-name", "node-7", *extra)
         assert code == 0
-        cache = NodeCache(cidr_annotation=key, address_annotation=None)
-        cache.replace_all(load_node_facts(f, cidr_annotation=key))
+        cache = NodeCache()
+        cache.replace_all(load_node_facts(f, annotations=Annotations(cidr=key)))
         cache.set_healthy(True)
         table = FakeRouteTable(202)
         Reconciler(cache, table, node_name="node-7").run_once()
@@ -370,8 +402,9 @@ def test_nodes_api_down_is_one_line(
 def test_nodes_bad_kubeconfig_is_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    line = fails_with(capsys, "nodes", "--kubeconfig", str(tmp_path / "missing"))
-    assert line.startswith("xcluster-cni: error: cannot configure the Kubernetes client")
+    missing = tmp_path / "missing"
+    line = fails_with(capsys, "nodes", "--kubeconfig", str(missing))
+    assert line.startswith("xcluster-cni: error: ") and str(missing) in line
 
 
 # -- the installed script ----------------------------------------------------------------
@@ -393,6 +426,27 @@ def test_installed_script_plan() -> None:
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.startswith("xcluster-cni: error: node number 70000 does not fit")
     assert proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["version"],
+        ["cidr", "10.0.0.0/8/24", "1"],
+        ["plan", "--nodes-file", str(EXAMPLE), "--node-name", "node-1"],
+    ],
+)
+def test_a_closed_stdout_ends_the_command_quietly(argv: list[str]) -> None:
+    """`xcluster-cni ... | head -1`: exit 141 (128 + SIGPIPE, as the shell reports for
+    `yes | head -1`), no traceback, no error line."""
+    proc = subprocess.Popen(
+        [str(SCRIPT), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in err and "error" not in err.lower() and "Exception" not in err
 
 
 def test_light_commands_load_neither_kubernetes_nor_pyroute2() -> None:

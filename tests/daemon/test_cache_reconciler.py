@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import pytest
 
-from xcluster_cni_lib.core.values import IPNetwork, NodeFacts, Plan, Route
+from xcluster_cni_lib.core.values import Annotations, IPNetwork, NodeFacts, Plan, Route
 from xcluster_cni_lib.sync.metrics import DaemonMetrics
 from xcluster_cni_lib.sync.nodecache import JOURNAL_SIZE, NodeCache
 from xcluster_cni_lib.sync.reconciler import Reconciler, SyncResult
@@ -41,7 +41,7 @@ def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def synced_cache(*facts: NodeFacts) -> NodeCache:
-    cache = NodeCache(cidr_annotation=None, address_annotation=None)
+    cache = NodeCache()
     cache.replace_all(facts)
     cache.set_healthy(True)
     return cache
@@ -144,7 +144,7 @@ def test_an_isolated_change_is_applied_at_once(loop: Callable[..., list[SyncResu
 def test_nothing_is_deleted_before_the_first_full_list() -> None:
     stale = route("10.9.9.0/24", "192.168.9.9")
     table = FakeRouteTable(routes=[stale])
-    cache = NodeCache(cidr_annotation=None, address_annotation=None)
+    cache = NodeCache()
     cache.upsert(node(1))  # an event before the first LIST completed
     cache.set_healthy(True)
     result = Reconciler(cache, table).run_once()
@@ -183,7 +183,7 @@ def test_failed_routes_are_logged_and_retried_soon(
     seen = loop(Reconciler(cache, table, resync_interval=3600, metrics=metrics))
     assert seen[0] is not None and len(seen[0].failures) == 1
     assert len(table.routes) == 3  # the other routes went in
-    failed = [r for r in caplog.records if r.getMessage() == "route operation failed"]
+    failed = [r for r in caplog.records if r.msg == "route operation failed"]
     assert failed and failed[0].fields["dst"] == "10.0.1.0/24"  # type: ignore[attr-defined]
     assert failed[0].fields["reason"] == "Network is unreachable"  # type: ignore[attr-defined]
     table.unreachable.clear()  # the gateway became reachable; nobody notifies
@@ -232,9 +232,14 @@ def test_the_own_node_gets_no_route() -> None:
 def test_a_malformed_node_is_skipped_with_a_log_line_naming_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    cache = NodeCache(cidr_annotation="example.com/cidrs", address_annotation=None)
-    good = NodeFacts("good", internal_ips=("192.168.0.1",), cidr_annotation="10.1.0.0/24")
-    bad = NodeFacts("bad", internal_ips=("192.168.0.2",), cidr_annotation="10.2.0.0/33")
+    cache = NodeCache()
+    config = Annotations(cidr="example.com/cidrs")
+    good = NodeFacts(
+        "good", internal_ips=("192.168.0.1",), cidr_annotation="10.1.0.0/24", annotations=config
+    )
+    bad = NodeFacts(
+        "bad", internal_ips=("192.168.0.2",), cidr_annotation="10.2.0.0/33", annotations=config
+    )
     cache.replace_all([good, bad])
     cache.set_healthy(True)
     table = FakeRouteTable()
@@ -242,14 +247,14 @@ def test_a_malformed_node_is_skipped_with_a_log_line_naming_it(
     result = Reconciler(cache, table, metrics=metrics).run_once()
     assert {str(d) for d in table.routes} == {"10.1.0.0/24"}
     assert result.skipped_nodes == 1
-    skipped = [r for r in caplog.records if r.getMessage() == "node skipped"]
+    skipped = [r for r in caplog.records if r.msg == "node skipped"]
     assert [r.fields["node"] for r in skipped] == ["bad"]  # type: ignore[attr-defined]
     assert skipped[0].fields["key"] == "example.com/cidrs"  # type: ignore[attr-defined]
     assert 'xcluster_nodes_skipped{reason="invalid_annotation"} 1.0' in metrics.render().decode()
     caplog.clear()
     cache.upsert(bad)  # the same bad value again: no new log line
     cache.replace_all([good, bad])
-    assert not [r for r in caplog.records if r.getMessage() == "node skipped"]
+    assert not [r for r in caplog.records if r.msg == "node skipped"]
 
 
 def test_the_loop_stops_promptly(loop: Callable[..., list[SyncResult]]) -> None:

@@ -141,3 +141,45 @@ def test_prefixed_lookalikes_are_warned_about_not_read() -> None:
     c = load(XCLUSTER_PROTOCOL="150", PROTOCOL="151")
     assert c.protocol == 151
     assert any("XCLUSTER_PROTOCOL is set but not read" in w for w in c.warnings)
+
+
+ANNOTATION_KEYS = [
+    "node-ip.nordix.org/net3",
+    "example.com/x_y.z",
+    "plain",
+    "a" * 63,
+    "a" * 64,
+    "bad key!!",
+    "example.com/",
+    "/name",
+    "Example.com/x",
+    "ex_ample.com/x",
+    "-x",
+    "x-",
+    "a/b/c",
+]
+
+
+@pytest.mark.parametrize("key", ANNOTATION_KEYS)
+def test_the_daemon_and_the_tools_accept_the_same_annotation_keys(key: str) -> None:
+    """``xcluster-cni plan``/``nodes`` and the installer check keys with the core's
+    ``Annotations``: they must refuse exactly what the daemon refuses to start with."""
+    from xcluster_cni_lib.core.errors import InputError
+    from xcluster_cni_lib.core.values import Annotations
+
+    def daemon_accepts(variable: str) -> bool:
+        try:
+            load(**{variable: key})
+        except ConfigError:
+            return False
+        return True
+
+    def tools_accept(**kwargs: str) -> bool:
+        try:
+            Annotations(**kwargs)
+        except InputError:
+            return False
+        return True
+
+    assert daemon_accepts("ADDRESS_ANNOTATION") == tools_accept(address=key)
+    assert daemon_accepts("CIDR_ANNOTATION") == tools_accept(cidr=key)

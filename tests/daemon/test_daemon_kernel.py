@@ -5,6 +5,7 @@ loopback)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -25,9 +26,10 @@ from tests.daemon.harness import (
     wait_routes,
     with_address,
 )
-from xcluster_cni_lib.sources.kube import KubeNodeSource, load_api_client
+from xcluster_cni_lib.sources.kube import load_api_client
+from xcluster_cni_lib.sources.watching import KubeNodeSource
 from xcluster_cni_lib.sync.reconciler import SyncResult
-from xcluster_cni_lib.testing.netns import run_in
+from xcluster_cni_lib.testing.netns import add_netns, del_netns, run_in, unique_name
 from xcluster_cni_lib.testing.nodes import make_node
 
 pytestmark = pytest.mark.root
@@ -199,6 +201,66 @@ def test_changes_between_resyncs_are_incremental_and_our_echoes_free(
         assert all(r.full for r in seen if r is not None and not r.plan), seen
 
 
+def _pods_come_and_go(ns: str, count: int) -> None:
+    """``count`` pods start and stop on the node as the ptp plugin wires them: a veth
+    whose host side gets an IPv6 link-local address (after DAD), a /32 gateway address
+    and a host route to the pod; then the pod's namespace is deleted, taking the veth,
+    its addresses and routes along."""
+    pods = [unique_name("pod") for _ in range(count)]
+    veths = [unique_name("vp") for _ in range(count)]
+    try:
+        for i, (pod, veth) in enumerate(zip(pods, veths, strict=True)):
+            add_netns(pod)
+            run_in(ns, ["ip", "link", "add", veth, "type", "veth", "peer", "eth0", "netns", pod])
+            run_in(ns, ["ip", "link", "set", veth, "up"])
+            run_in(pod, ["ip", "link", "set", "eth0", "up"])
+            run_in(ns, ["ip", "addr", "add", "10.244.0.1/32", "dev", veth])
+            run_in(ns, ["ip", "route", "add", f"10.244.0.{10 + i}/32", "dev", veth])
+
+        def link_local_ready(veth: str) -> bool:
+            text = run_in(ns, ["ip", "-6", "-j", "addr", "show", "dev", veth])
+            infos = [a for link in json.loads(text or "[]") for a in link.get("addr_info", [])]
+            return any(a.get("scope") == "link" and not a.get("tentative") for a in infos)
+
+        wait_for(lambda: all(link_local_ready(v) for v in veths), what="pod link-local addresses")
+    finally:
+        for pod in pods:
+            del_netns(pod)
+    wait_for(
+        lambda: not any(v in run_in(ns, ["ip", "-o", "link", "show"]) for v in veths),
+        what="pod veths gone",
+    )
+
+
+def test_pods_coming_and_going_wake_no_reconcile_while_real_changes_do(
+    ns: str, api: ApiServerDouble, kubeconfig: str
+) -> None:
+    """Only kernel changes that can change our routes wake the reconciler: a pod's veth
+    (its link-local and /32 addresses, its fe80::/64 and host routes) is not one; our
+    route deleted by hand, or an address removed from the node interface, are."""
+    with running_daemon(ns, KUBECONFIG=kubeconfig, NODE_NAME="n0") as daemon:
+        assert daemon.monitor is daemon.table.track()  # type: ignore[attr-defined]
+        want = expected({1, 2, 3})
+        wait_routes(ns, 202, want)
+        rec = daemon.reconciler
+        wait_for(lambda: not rec.pending, what="idle reconciler")
+        syncs = rec.syncs
+        _pods_come_and_go(ns, 3)
+        # a real change after the pods: its reconcile is the only one
+        run_in(ns, ["ip", "route", "del", "10.244.1.0/24", "proto", "202"])
+        wait_routes(ns, 202, want, timeout=1.0)
+        wait_for(lambda: rec.syncs > syncs and not rec.pending, what="reconcile of the deletion")
+        assert rec.syncs == syncs + 1, "pod veths woke the reconciler"
+
+        # the node interface loses an address: IPv4 may have dropped routes silently,
+        # so the reconciler must look (a full reconcile, which finds the routes in place)
+        syncs = rec.syncs
+        run_in(ns, ["ip", "addr", "del", "172.20.255.254/16", "dev", "gw0"])
+        wait_for(lambda: rec.syncs > syncs, what="reconcile after the address removal")
+        assert rec.last_result is not None and rec.last_result.full
+        wait_routes(ns, 202, want)
+
+
 def test_a_route_of_another_protocol_is_a_reported_conflict_never_touched(
     ns: str, api: ApiServerDouble, kubeconfig: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -288,7 +350,7 @@ def test_a_malformed_annotation_skips_only_that_node(
     settings = {"CIDR_ANNOTATION": key, "NODE_NAME": "n0", "HTTP_ADDRESS": "127.0.0.1:0"}
     with running_daemon(ns, KUBECONFIG=kubeconfig, **settings) as daemon:
         wait_routes(ns, 202, {("10.200.1.0/24", "192.168.0.2"), ("10.200.3.0/24", "192.168.0.4")})
-        skipped = [r for r in caplog.records if r.getMessage() == "node skipped"]
+        skipped = [r for r in caplog.records if r.msg == "node skipped"]
         assert [r.fields["node"] for r in skipped] == ["n2"]  # type: ignore[attr-defined]
         assert skipped[0].fields["value"] == "10.200.2.0/33"  # type: ignore[attr-defined]
         text = http_get(daemon, "/metrics")[1]

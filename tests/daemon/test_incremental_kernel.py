@@ -13,7 +13,7 @@ import pytest
 from tests.daemon.harness import add_gateways
 from xcluster_cni_lib.core.planning import desired_routes
 from xcluster_cni_lib.core.values import NodeFacts, Route
-from xcluster_cni_lib.kernel.netlink import NetlinkRouteTable
+from xcluster_cni_lib.kernel.routetable import NetlinkRouteTable
 from xcluster_cni_lib.sync.nodecache import NodeCache
 from xcluster_cni_lib.sync.reconciler import Reconciler
 from xcluster_cni_lib.testing.netns import run_in
@@ -35,7 +35,7 @@ def facts(i: int, *, gw: int = 0, cidr: str | None = None) -> NodeFacts:
 def test_incremental_reconciles_agree_with_a_full_one(netns: str) -> None:
     add_gateways(netns)
     rng = random.Random(20261128)
-    cache = NodeCache(cidr_annotation=None, address_annotation=None)
+    cache = NodeCache()
     nodes = {i: facts(i) for i in range(20)}
     cache.replace_all(nodes.values())
     cache.set_healthy(True)

@@ -143,3 +143,32 @@ def test_up_with_host_local_ipam_gives_the_same_ranges(tmp_path: Path) -> None:
     finally:
         lab_cli("down", "--id", lab_id, state_root=tmp_path)
     assert namespaces_of(lab_id) == []
+
+
+def test_status_of_a_lab_that_does_not_exist_fails(tmp_path: Path) -> None:
+    lab_id = new_id()
+    proc = lab_cli("status", "--id", lab_id, state_root=tmp_path)
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr.startswith(f"xcluster-cni lab status: no lab '{lab_id}'")
+    assert proc.stderr.count("\n") == 1
+    # without --id, no lab at all is not an error (a prefix of our own: other labs may run)
+    argv = [CLI, "lab", "status", "--prefix", new_id(), "--state-root", str(tmp_path)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert (proc.returncode, proc.stdout) == (0, "no labs\n")
+
+
+def test_demo_into_head_ends_quietly_and_leaves_nothing(tmp_path: Path) -> None:
+    """`xcluster-cni lab demo | head -3`: the demo stops at the closed pipe, tears its lab
+    down and exits 141 (128 + SIGPIPE) without a traceback."""
+    lab_id = new_id()
+    argv = [CLI, "lab", "demo", "--id", lab_id, "--prefix", PREFIX, "--state-root", str(tmp_path)]
+    demo = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert demo.stdout is not None
+    head = [demo.stdout.readline() for _ in range(3)]
+    demo.stdout.close()
+    _, err = demo.communicate(timeout=60)
+    assert head[0].startswith(f"xcluster-cni lab {lab_id}:")
+    assert demo.returncode == 141, err
+    assert "Traceback" not in err and "Error" not in err
+    assert namespaces_of(lab_id) == []
+    assert not (tmp_path / f"{PREFIX}-{lab_id}").exists()

@@ -37,11 +37,7 @@ def test_node_object_carries_both_networks_as_the_daemons_read_them() -> None:
     assert main.name == "n2"
     assert main.pod_cidrs == ("10.244.2.0/24", "fd00:10:244:2::/64")
     assert main.internal_ips == ("192.168.100.2", "fd00:100::2")
-    secondary = extract_facts(
-        obj,
-        cidr_annotation=SECONDARY.cidr_annotation,
-        address_annotation=SECONDARY.address_annotation,
-    )
+    secondary = extract_facts(obj, annotations=SECONDARY.annotations)
     assert secondary.cidr_annotation == "10.245.2.0/24,fd00:10:245:2::/64"
     assert secondary.address_annotation == "192.168.200.2,fd00:200::2"
     assert (
@@ -93,3 +89,13 @@ def test_matrix_table_marks_failures_and_paths_not_expected() -> None:
     ]
     assert row.split() == ["a", "b", "OK", "FAIL", "-", "-"]
     assert not matrix.ok and matrix.failures == (matrix.results[1],)
+
+
+def test_directories_may_be_given_as_str() -> None:
+    from pathlib import Path
+
+    spec = LabSpec(lab_id="unit", state_root="/tmp/x", cni_bin_dir="/opt/cni", bin_dir="/opt/b")
+    assert spec.state_root == Path("/tmp/x") and spec.state_dir == Path("/tmp/x/xcl-unit")
+    assert (spec.cni_bin_dir, spec.bin_dir) == (Path("/opt/cni"), Path("/opt/b"))
+    assert LabSpec(lab_id="unit").bin_dir is None
+    assert attrs.evolve(spec, state_root="/tmp/y").state_dir == Path("/tmp/y/xcl-unit")

@@ -15,6 +15,7 @@ from xcluster_cni_lib.core.errors import InputError
 from xcluster_cni_lib.install import files, plan, service
 from xcluster_cni_lib.install.service import Action, InstallPaths
 from xcluster_cni_lib.plugin import kubelite
+from xcluster_cni_lib.support import atomicfile
 
 NODE = "node-a"
 
@@ -287,3 +288,81 @@ def test_missing_service_host_is_named(host: Host) -> None:
     host.env = {}
     with pytest.raises(InputError, match="KUBERNETES_SERVICE_HOST"):
         host.install()
+
+
+# -- the one atomic writer (support.atomicfile), which the installer, the IPAM cache and
+# the lab all use
+
+
+def test_writer_skips_unchanged_content_but_not_a_changed_mode(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    assert atomicfile.write_atomic(path, b"one", mode=0o600, skip_unchanged=True)
+    before = path.stat()
+    assert not atomicfile.write_atomic(path, b"one", mode=0o600, skip_unchanged=True)
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert atomicfile.write_atomic(path, b"one", mode=0o644, skip_unchanged=True)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 and path.stat().st_ino != before.st_ino
+    assert atomicfile.write_atomic(path, b"one", mode=0o644)  # without skip: always written
+
+
+def test_writer_replaces_a_symlink_instead_of_writing_through_it(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.write_bytes(b"same")
+    target.chmod(0o755)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert atomicfile.copy_atomic(target, link, skip_unchanged=True)
+    assert not link.is_symlink() and link.read_bytes() == b"same"
+    assert target.read_bytes() == b"same"
+    assert not atomicfile.copy_atomic(target, link, skip_unchanged=True)
+
+
+def test_copy_of_a_large_binary_is_whole_or_absent(tmp_path: Path) -> None:
+    """A reader polling the target during repeated copies of two big files only ever sees
+    one of them complete."""
+    import threading
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"a" * (3 * atomicfile.CHUNK + 17))
+    b.write_bytes(b"b" * (2 * atomicfile.CHUNK + 5))
+    dst = tmp_path / "dst"
+    atomicfile.copy_atomic(a, dst)
+    seen: set[bytes] = set()
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            seen.add(dst.read_bytes())
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(20):
+            atomicfile.copy_atomic(b if i % 2 == 0 else a, dst)
+    finally:
+        done.set()
+        thread.join()
+    assert seen <= {a.read_bytes(), b.read_bytes()}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(files.TMP_PREFIX)] == []
+
+
+def test_symlink_swap_replaces_a_file_and_is_idempotent(tmp_path: Path) -> None:
+    link = tmp_path / "l"
+    link.write_bytes(b"plain file")
+    assert atomicfile.symlink_atomic("somewhere", link)
+    assert os.readlink(link) == "somewhere"
+    before = link.lstat().st_ino
+    assert not atomicfile.symlink_atomic("somewhere", link)
+    assert link.lstat().st_ino == before
+    assert atomicfile.symlink_atomic("elsewhere", str(link))
+    assert os.readlink(link) == "elsewhere"
+    assert [p.name for p in tmp_path.iterdir()] == ["l"]
+
+
+def test_failed_write_keeps_the_old_content_and_no_temporary(tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    dst.write_bytes(b"old")
+    with pytest.raises(FileNotFoundError):
+        atomicfile.copy_atomic(tmp_path / "missing", dst)
+    assert dst.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["dst"]

@@ -150,3 +150,21 @@ def test_install_subcommand_bad_setting_is_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "INSTALL_K8S_NET='maybe'" in err[0]
     assert list((root / "bin").iterdir()) == []  # nothing installed
+
+
+def test_install_settings_from_the_environment_and_flags() -> None:
+    env = {"NODE_NAME": "n1", "INSTALL_K8S_NET": "no", "MTU": "1400", "HOST_CNI_CONF_DIR": "/h"}
+    settings = service.settings_from_env(env)
+    assert settings == plan.InstallSettings(
+        node_name="n1", install_k8s_net=False, host_conf_dir="/h", mtu=1400
+    )
+    settings = service.settings_from_env(env, host_conf_dir="/flag", mtu="9000")
+    assert (settings.host_conf_dir, settings.mtu) == ("/flag", 9000)
+    assert service.settings_from_env({}).host_conf_dir == "/etc/cni/net.d"
+
+
+def test_an_annotation_key_the_daemon_refuses_stops_the_installer() -> None:
+    with pytest.raises(InputError, match="'bad key!!'"):
+        service.settings_from_env({"NODE_NAME": "n1", "ADDRESS_ANNOTATION": "bad key!!"})
+    assert service.address_annotation_setting("", {"ADDRESS_ANNOTATION": "a.io/x"}) is None
+    assert service.address_annotation_setting(None, {"ADDRESS_ANNOTATION": "a.io/x"}) == "a.io/x"

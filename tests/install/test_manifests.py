@@ -13,10 +13,10 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 from xcluster_cni_daemon import cli
-from xcluster_cni_daemon.install_cmd import INSTALL_ENV
 
 from xcluster_cni_lib.daemon.config import DEFAULT_PROTOCOL, SETTINGS, parse_http_address
 from xcluster_cni_lib.install import plan
+from xcluster_cni_lib.install.service import INSTALL_ENV
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S_VERSION = "1.30"

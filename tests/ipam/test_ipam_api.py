@@ -4,6 +4,7 @@ down, node lookups, paged machine-id search."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,9 @@ import pytest
 
 from tests.apiserver import ApiServerDouble
 from tests.ipam._cni import invoke, netconf, reserved
+from xcluster_cni_lib.core.errors import InputError
+from xcluster_cni_lib.core.ownnode import find_own, several_nodes_message
+from xcluster_cni_lib.core.values import NodeFacts
 from xcluster_cni_lib.testing.nodes import make_node
 
 Conf = Callable[..., dict[str, Any]]
@@ -189,9 +193,11 @@ def test_node_annotation_from_the_api(api: ApiServerDouble, conf: Conf) -> None:
     assert out.json["ips"] == [{"address": "10.30.0.2/28", "gateway": "10.30.0.1"}]
 
 
-def test_exec_credentials_fall_back_to_the_full_client(
-    api: ApiServerDouble, conf: Conf, tmp_path: Path
+def test_exec_credentials_are_a_config_error_naming_the_file(
+    api: ApiServerDouble, conf: Conf, tmp_path: Path, data_dir: Path
 ) -> None:
+    """No fallback to another client: an unsupported kubeconfig is refused, saying which
+    file and what in it."""
     credential = {
         "apiVersion": "client.authentication.k8s.io/v1beta1",
         "kind": "ExecCredential",
@@ -207,10 +213,13 @@ def test_exec_credentials_fall_back_to_the_full_client(
         }
     }
     path.write_text(json.dumps(doc))
-    out = invoke(conf(kubeconfig=str(path)), "ADD")
-    assert out.rc == 0, out
-    assert out.json["ips"][0]["address"].startswith("10.244.1.")
-    assert api.requests["get"] == 1
+    for exe in (False, True):
+        err = invoke(conf(kubeconfig=str(path)), "ADD", exe=exe).error()
+        assert err["code"] == 7
+        assert str(path) in err["msg"] and "exec" in err["msg"]
+        assert "not supported" in err["msg"]
+    assert api.requests["get"] == 0
+    assert not (data_dir / "net" / "kube-node.json").exists()
 
 
 def test_duplicate_machine_id_is_refused(api: ApiServerDouble, conf: Conf) -> None:
@@ -222,7 +231,15 @@ def test_duplicate_machine_id_is_refused(api: ApiServerDouble, conf: Conf) -> No
         ]
     )
     err = invoke(conf(nodeName=None), "ADD").error()
-    assert err["code"] == 101 and "several" in err["msg"]
+    # the daemon's own words (core.ownnode), whatever the case of the ids
+    assert err["code"] == 101
+    assert err["msg"] == several_nodes_message(machine_id, ["a", "b"])
+    with pytest.raises(InputError, match=re.escape(err["msg"])):
+        find_own(
+            [NodeFacts("a", machine_id=machine_id.upper()), NodeFacts("b", machine_id=machine_id)],
+            name=None,
+            machine_id=machine_id,
+        )
 
 
 def test_nad_without_kubeconfig_uses_the_installed_one_and_its_node_name_file(

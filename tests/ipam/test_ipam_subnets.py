@@ -1,5 +1,6 @@
-"""kube-node's subnet rules (``ipam.resolve``, kept free of attrs for the cache-miss path)
-agree with the library's strict ``core.nodes.parse_subnets``."""
+"""kube-node's subnets from a CIDR annotation (``plugin.resolve.node_subnets``) are the
+core's strict ``core.nodes.parse_subnets`` (the router daemon's rule), and a node refused
+names the node."""
 
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ VALUES = [
     "10.0.0.0/-1",
     "fd00::/129",
     "1.2.3.4/24/5",
+    "10.0.0.0/31",
+    "10.0.0.0/30",
+    "fd00::/127",
+    "::ffff:10.0.0.0/126",
 ]
 
 

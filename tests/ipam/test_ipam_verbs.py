@@ -329,11 +329,11 @@ def test_default_data_dir_holds_the_cache(conf: Conf, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("node", "ipam", "code", "words"),
     [
-        (make_node("n1", pod_cidrs=(), images=0), {}, 100, ["n1", "pod CIDRs"]),
+        (make_node("n1", pod_cidrs=(), images=0), {}, 100, ["n1", "no pod CIDR"]),
         (make_node("n1", images=0), {"annotation": "x.io/net3"}, 100, ["n1", "x.io/net3"]),
         (
-            make_node("n1", pod_cidrs=["10.0.0.0/24", "10.1.0.0/24"], images=0),
-            {},
+            make_node("n1", annotations={"x.io/net3": "10.0.0.0/24,10.1.0.0/24"}, images=0),
+            {"annotation": "x.io/net3"},
             100,
             ["n1", "two IPv4", "10.1.0.0/24"],
         ),

@@ -5,11 +5,7 @@ made by ``openssl`` for the test."""
 from __future__ import annotations
 
 import base64
-import http.server
 import json
-import ssl
-import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,81 +13,27 @@ from typing import Any
 import pytest
 
 from tests.apiserver import ApiServerDouble
+from tests.kube.tlsdouble import TlsApiServerDouble, make_pki
 from xcluster_cni_lib.plugin import kubelite
 from xcluster_cni_lib.testing.nodes import make_node
 
 NODE = make_node("n1", index=1, images=0)
-EC = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
-
-
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("pki")
-    _openssl(
-        "req", "-x509", *EC, "-nodes", "-days", "2",
-        "-subj", "/CN=test-ca", "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"),
-    )  # fmt: skip
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "")):
-        _openssl(
-            "req", *EC, "-nodes", "-subj", f"/CN={name}",
-            "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"),
-        )  # fmt: skip
-        (d / f"{name}.ext").write_text(ext + "\n" if ext else "basicConstraints=CA:FALSE\n")
-        _openssl(
-            "x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.crt"),
-            "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "2",
-            "-extfile", str(d / f"{name}.ext"), "-out", str(d / f"{name}.crt"),
-        )  # fmt: skip
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    token = "t0k"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        if self.headers.get("Authorization") not in (f"Bearer {self.token}", None):
-            self.send_response(401)
-            self.end_headers()
-            return
-        if self.path == "/api/v1/nodes/n1":
-            body = json.dumps(NODE).encode()
-            self.send_response(200)
-        else:
-            body = b'{"kind": "Status", "code": 404}'
-            self.send_response(404)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-def _server(pki: Path, *, client_certs: bool) -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(pki / "server.crt", pki / "server.key")
-    if client_certs:
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.load_verify_locations(pki / "ca.crt")
-    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+def _server(pki: Path, **kwargs: Any) -> Iterator[str]:
+    with TlsApiServerDouble(pki, **kwargs) as api:
+        api.add_node(NODE)
+        yield api.url
 
 
 @pytest.fixture
 def https(pki: Path) -> Iterator[str]:
-    yield from _server(pki, client_certs=False)
+    yield from _server(pki, token="t0k")
 
 
 @pytest.fixture
@@ -121,6 +63,27 @@ def _get(kubeconfig: str) -> dict[str, Any] | None:
     return kubelite.get_node(kubelite.from_kubeconfig(kubeconfig), "n1", timeout=5)
 
 
+def test_only_the_configured_ca_is_trusted(
+    https: str, pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kubeconfig's CA replaces the system's CAs: the system trusting the server's CA
+    (``SSL_CERT_FILE``) must not let a server through that the configured CA did not sign."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki / "ca.crt"))
+    other = {"server": https, "certificate-authority": str(pki / "other-ca.crt")}
+    with pytest.raises(kubelite.ApiError, match="CERTIFICATE_VERIFY_FAILED") as e:
+        _get(_kubeconfig(tmp_path / "k", other, {"token": "t0k"}))
+    assert e.value.status is None
+    assert _get(_kubeconfig(tmp_path / "k2", {"server": https}, {"token": "t0k"})) is not None
+
+
+def test_insecure_must_be_a_boolean(https: str, tmp_path: Path) -> None:
+    cluster = {"server": https, "insecure-skip-tls-verify": "false"}
+    with pytest.raises(
+        kubelite.KubeconfigError, match="insecure-skip-tls-verify: must be a boolean"
+    ):
+        kubelite.from_kubeconfig(_kubeconfig(tmp_path / "k", cluster, {}))
+
+
 def test_ca_file_relative_to_the_kubeconfig(https: str, pki: Path) -> None:
     cfg = _kubeconfig(
         pki / "k1", {"server": https, "certificate-authority": "ca.crt"}, {"token": "t0k"}
@@ -136,10 +99,10 @@ def test_ca_data(https: str, pki: Path, tmp_path: Path) -> None:
 
 def test_unknown_ca_is_refused_unless_insecure(https: str, tmp_path: Path) -> None:
     with pytest.raises(kubelite.ApiError) as e:
-        _get(_kubeconfig(tmp_path / "k", {"server": https}, {}))
+        _get(_kubeconfig(tmp_path / "k", {"server": https}, {"token": "t0k"}))
     assert e.value.status is None  # not reached: certificate verify failed
     cluster = {"server": https, "insecure-skip-tls-verify": True}
-    assert _get(_kubeconfig(tmp_path / "k2", cluster, {})) is not None
+    assert _get(_kubeconfig(tmp_path / "k2", cluster, {"token": "t0k"})) is not None
 
 
 def test_client_certificate_data(mtls: str, pki: Path, tmp_path: Path) -> None:
@@ -177,13 +140,13 @@ def test_in_cluster(https: str, pki: Path, tmp_path: Path) -> None:
     env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": port}
     ep = kubelite.in_cluster(env, sa_dir=str(tmp_path))
     assert kubelite.get_node(ep, "n1", timeout=5) is not None
-    with pytest.raises(kubelite.ConfigError):
+    with pytest.raises(kubelite.KubeconfigError, match="KUBERNETES_SERVICE_HOST"):
         kubelite.endpoint(None, {})
 
 
 @pytest.mark.parametrize("user", [{"exec": {"command": "aws"}}, {"auth-provider": {"name": "gcp"}}])
 def test_plugin_credentials_are_unsupported(user: dict[str, Any], tmp_path: Path) -> None:
-    with pytest.raises(kubelite.Unsupported):
+    with pytest.raises(kubelite.KubeconfigError, match="credential plugins are not supported"):
         kubelite.from_kubeconfig(_kubeconfig(tmp_path / "k", {"server": "https://x"}, user))
 
 
@@ -193,7 +156,7 @@ def test_plugin_credentials_are_unsupported(user: dict[str, Any], tmp_path: Path
 )
 def test_malformed_kubeconfig(text: str, tmp_path: Path) -> None:
     (tmp_path / "k").write_text(text)
-    with pytest.raises(kubelite.ConfigError):
+    with pytest.raises(kubelite.KubeconfigError, match=f"kubeconfig {tmp_path / 'k'}: "):
         kubelite.from_kubeconfig(str(tmp_path / "k"))
 
 
@@ -232,7 +195,7 @@ def test_split_server(server: str, parts: tuple[bool, str, int, str]) -> None:
     ["ftp://x", "10.0.0.1:6443", "https://", "https://x:port", "https://u@x", "https://x:0"],
 )
 def test_bad_server_url(server: str) -> None:
-    with pytest.raises(kubelite.ConfigError):
+    with pytest.raises(kubelite.KubeconfigError):
         kubelite.split_server(server)
 
 

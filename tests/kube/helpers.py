@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from xcluster_cni_lib.core.values import NodeFacts
-from xcluster_cni_lib.sources.kube import KubeNodeSource
+from xcluster_cni_lib.sources.watching import KubeNodeSource
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:

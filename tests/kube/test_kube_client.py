@@ -10,6 +10,7 @@ import pytest
 
 from tests.apiserver import ApiServerDouble
 from xcluster_cni_lib.core.errors import InputError, TemporaryError
+from xcluster_cni_lib.core.values import Annotations
 from xcluster_cni_lib.sources.kube import get_node, list_node_facts, load_api_client
 from xcluster_cni_lib.testing.nodes import make_node
 
@@ -57,7 +58,7 @@ def test_list_node_facts(api: ApiServerDouble, api_client: Any) -> None:
     api.set_nodes(
         make_node(f"n{i}", index=i, annotations={"x/addr": f"10.0.0.{i}"}) for i in range(7)
     )
-    facts = list_node_facts(api_client, address_annotation="x/addr", page_size=3)
+    facts = list_node_facts(api_client, annotations=Annotations(address="x/addr"), page_size=3)
     assert [f.name for f in facts] == [f"n{i}" for i in range(7)]
     assert facts[2].address_annotation == "10.0.0.2"
     assert facts[2].internal_ips == ("192.168.0.3", "fd00::c0a8:3")

@@ -11,7 +11,9 @@ import pytest
 from tests.apiserver import ApiServerDouble
 from tests.kube.helpers import RecordingSink, running, wait_until
 from xcluster_cni_lib.core.facts import extract_facts
-from xcluster_cni_lib.sources.kube import KubeNodeSource
+from xcluster_cni_lib.core.values import Annotations
+from xcluster_cni_lib.sources.watching import KubeNodeSource
+from xcluster_cni_lib.support import jsonlog
 from xcluster_cni_lib.testing.nodes import make_node
 
 CIDR_KEY = "example.com/pod-cidrs"
@@ -21,7 +23,7 @@ def _source(api_client: Any, **kwargs: Any) -> KubeNodeSource:
     kwargs.setdefault("page_size", 4)
     kwargs.setdefault("backoff_base", 0.05)
     kwargs.setdefault("backoff_max", 0.3)
-    return KubeNodeSource(api_client, cidr_annotation=CIDR_KEY, **kwargs)
+    return KubeNodeSource(api_client, annotations=Annotations(cidr=CIDR_KEY), **kwargs)
 
 
 def _populate(api: ApiServerDouble, count: int = 10) -> None:
@@ -33,7 +35,7 @@ def _synced(sink: RecordingSink, api: ApiServerDouble) -> bool:
     for name in api.node_names():
         node = api.get_node(name)
         if node is not None:
-            want[name] = extract_facts(node, cidr_annotation=CIDR_KEY)
+            want[name] = extract_facts(node, annotations=Annotations(cidr=CIDR_KEY))
     with sink.lock:
         return sink.nodes == want
 
@@ -138,7 +140,10 @@ def test_stalled_stream_reconnects_after_idle_timeout(
 ) -> None:
     _populate(api, 3)
     source = _source(api_client, idle_timeout=1.0)
-    with running(source, sink), caplog.at_level(logging.WARNING, "xcluster_cni_lib.sources.kube"):
+    with (
+        running(source, sink),
+        caplog.at_level(logging.WARNING, "xcluster_cni_lib.sources.watching"),
+    ):
         wait_until(lambda: api.active_watches == 1)
         assert api.stall_watches() == 1  # open but silent: no events, no bookmarks
         api.add_node(make_node("during-stall", index=80))
@@ -147,7 +152,7 @@ def test_stalled_stream_reconnects_after_idle_timeout(
         waited = time.monotonic() - started
     assert 0.8 < waited < 4
     assert api.watch_requests >= 2 and source.relists == 0
-    assert any("no event or bookmark" in r.getMessage() for r in caplog.records)
+    assert any("no event or bookmark" in jsonlog.render(r) for r in caplog.records)
 
 
 def test_bookmarks_keep_a_quiet_stream_alive(

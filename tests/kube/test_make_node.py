@@ -6,6 +6,7 @@ import ipaddress
 import json
 
 from xcluster_cni_lib.core.facts import extract_facts
+from xcluster_cni_lib.core.values import Annotations
 from xcluster_cni_lib.testing.nodes import make_node
 
 
@@ -44,7 +45,7 @@ def test_overrides() -> None:
         annotations={"a": "b"},
         machine_id="m1",
     )
-    facts = extract_facts(node, cidr_annotation="a")
+    facts = extract_facts(node, annotations=Annotations(cidr="a"))
     assert facts.pod_cidrs == () and "podCIDR" not in node["spec"]
     assert facts.internal_ips == ("10.1.1.1",)
     assert facts.cidr_annotation == "b" and facts.machine_id == "m1"

@@ -28,7 +28,7 @@ from tests.soak.ipam_load import IpamLoad
 from tests.soak.nsutil import HUB_V4, NetnsExecutor, Topology, ip, kernel_routes
 from xcluster_cni_lib.core.planning import route_sort_key
 from xcluster_cni_lib.core.values import IPNetwork, Route
-from xcluster_cni_lib.kernel.netlink import NetlinkRouteTable
+from xcluster_cni_lib.kernel.routetable import NetlinkRouteTable
 from xcluster_cni_lib.testing.nodes import default_internal_ips, default_pod_cidrs
 
 API_PORT = 6443

@@ -15,7 +15,7 @@ import attrs
 from tests.apiserver import ApiServerDouble
 from xcluster_cni_lib.core.facts import extract_facts
 from xcluster_cni_lib.core.planning import desired_routes_from_facts
-from xcluster_cni_lib.core.values import NodeFacts, Route
+from xcluster_cni_lib.core.values import Annotations, NodeFacts, Route
 from xcluster_cni_lib.testing.nodes import default_internal_ips, default_pod_cidrs, make_node
 
 CIDR_ANNOTATION = "soak.xcluster.dev/cidrs"
@@ -132,8 +132,7 @@ class Cluster:
         if facts is None:
             facts = extract_facts(
                 spec.build(images=0),
-                cidr_annotation=view.cidr_annotation,
-                address_annotation=view.address_annotation,
+                annotations=Annotations(cidr=view.cidr_annotation, address=view.address_annotation),
             )
             self._facts[key] = facts
         return facts
@@ -142,12 +141,7 @@ class Cluster:
         """The routes the current node list implies for ``view``."""
         with self.lock:
             facts = [self._facts_of(s, view) for s in self.specs.values()]
-        routes, _ = desired_routes_from_facts(
-            facts,
-            own=view.own,
-            cidr_annotation=view.cidr_annotation,
-            address_annotation=view.address_annotation,
-        )
+        routes, _ = desired_routes_from_facts(facts, own=view.own)
         return set(routes)
 
     # -- churn ----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from xcluster_cni_lib.core.errors import InputError, InvalidNode
 from xcluster_cni_lib.core.facts import extract_facts
 from xcluster_cni_lib.core.nodes import parse_addresses, parse_node, parse_subnets
 from xcluster_cni_lib.core.planning import desired_routes, plan_routes
-from xcluster_cni_lib.core.values import NodeFacts, NodeNetwork
+from xcluster_cni_lib.core.values import Annotations, NodeFacts, NodeNetwork
 from xcluster_cni_lib.plugin.protocol import INTERNAL_ERROR
 from xcluster_cni_lib.plugin.verbs import run
 from xcluster_cni_lib.testing.nodes import make_node
@@ -180,10 +180,11 @@ def test_node_parsing_never_crashes(node: Any, keys: tuple[str | None, str | Non
     if not isinstance(node, dict):
         # extract_facts is for mappings; a non-dict item of a node list is skipped earlier.
         return
-    facts = extract_facts(node, cidr_annotation=cidr_key, address_annotation=addr_key)
+    annotations = Annotations(cidr=cidr_key, address=addr_key)
+    facts = extract_facts(node, annotations=annotations)
     assert isinstance(facts, NodeFacts)
     try:
-        network = parse_node(node, cidr_annotation=cidr_key, address_annotation=addr_key)
+        network = parse_node(node, annotations=annotations)
     except InvalidNode as e:
         assert e.node and str(e).startswith(f"node {e.node}: ")
         return

@@ -115,3 +115,35 @@ def test_node_subnets_tile_the_range(family: int, raw: int, data: st.DataObject)
     cluster = ipaddress.ip_network(f"{address}/{first}", strict=False)
     assert got.prefixlen == second and got.subnet_of(cluster)  # type: ignore[arg-type]
     assert (int(got.network_address) - int(cluster.network_address)) >> (bits - second) == number
+
+
+@pytest.mark.parametrize(
+    ("spec", "number", "message"),
+    [
+        (
+            "192.168.0.0/22/25",
+            8,
+            "node number 8 does not fit in '192.168.0.0/22/25' (8 node subnets: 0..7)",
+        ),
+        ("10.0.0.0/8/8", 1, "node number 1 does not fit in '10.0.0.0/8/8' (1 node subnets: 0..0)"),
+        # a mapped range of exactly /96 is IPv4's /0: too short, said in IPv4 terms
+        (
+            "::ffff:10.0.0.0/96/120",
+            0,
+            "'::ffff:10.0.0.0/96/120': IPv4 first prefix length 0 is less than 8",
+        ),
+        ("::ffff:10.0.0.0/104/96", 0, "first prefix length 8 is larger than the second 0"),
+        ("10.0.0.0/8/24", -1, "node number -1 is negative"),
+    ],
+)
+def test_node_cidr_error_texts(spec: str, number: int, message: str) -> None:
+    with pytest.raises(InputError) as info:
+        node_cidr(spec, number)
+    assert str(info.value).endswith(message)
+
+
+def test_mapped_slash_96_cluster_range_is_ipv4_slash_0() -> None:
+    # ::ffff:0.0.0.0/96/... passes the mapped check and fails IPv4's limits, like 0.0.0.0/0/...
+    with pytest.raises(InputError, match="IPv4 first prefix length 0 is less than 8"):
+        node_cidr("::ffff:0.0.0.0/96/120", 0)
+    assert str(node_cidr("::ffff:10.0.0.0/104/128", 3)) == "10.0.0.3/32"

@@ -13,12 +13,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from xcluster_cni_lib.core.errors import InputError, InvalidNode
-from xcluster_cni_lib.core.nodes import parse_node, parse_nodes, parse_subnets
-from xcluster_cni_lib.core.values import NodeFacts, Problem
+from xcluster_cni_lib.core.facts import extract_facts
+from xcluster_cni_lib.core.nodes import (
+    NO_POD_CIDR,
+    parse_facts,
+    parse_node,
+    parse_nodes,
+    parse_subnets,
+    pod_cidrs,
+)
+from xcluster_cni_lib.core.values import Annotations, NodeFacts, Problem
 
 DATA = Path(__file__).parent.parent / "data"
 CIDR_KEY = "cidr.example.com/net3"
 ADDR_KEY = "node-ip.nordix.org/net3"
+CIDR = Annotations(cidr=CIDR_KEY)
+ADDR = Annotations(address=ADDR_KEY)
+BOTH = Annotations(cidr=CIDR_KEY, address=ADDR_KEY)
 
 net = ipaddress.ip_network
 ip = ipaddress.ip_address
@@ -55,7 +66,7 @@ def test_real_node_from_spec_and_internal_ips() -> None:
 
 def test_real_node_from_annotations() -> None:
     doc = json.loads((DATA / "node-real.json").read_text())
-    n = parse_node(doc, cidr_annotation=CIDR_KEY, address_annotation=ADDR_KEY)
+    n = parse_node(doc, annotations=BOTH)
     # "192.168.55.64/26, fd00:5::2:0/112": whitespace around items is fine
     assert n.cidrs == (net("192.168.55.64/26"), net("fd00:5::2:0/112"))
     assert n.addresses == (ip("192.168.2.3"), ip("1000::1:c0a8:203"))
@@ -73,14 +84,14 @@ def test_annotations_ignore_spec_and_internal_ips() -> None:
         ips=["10.0.0.3"],
         annotations={CIDR_KEY: "192.168.55.0/26", ADDR_KEY: "192.168.2.3"},
     )
-    n = parse_node(node, cidr_annotation=CIDR_KEY, address_annotation=ADDR_KEY)
+    n = parse_node(node, annotations=BOTH)
     assert n.cidrs == (net("192.168.55.0/26"),)
     assert n.addresses == (ip("192.168.2.3"),)
 
 
 def test_only_one_annotation_configured() -> None:
     node = make(cidrs=["10.244.3.0/24"], ips=["10.0.0.3"], annotations={ADDR_KEY: "10.9.0.3"})
-    n = parse_node(node, address_annotation=ADDR_KEY)
+    n = parse_node(node, annotations=ADDR)
     assert n.cidrs == (net("10.244.3.0/24"),)
     assert n.addresses == (ip("10.9.0.3"),)
 
@@ -113,7 +124,7 @@ def test_ipv6_first_in_the_node_is_still_sorted_ipv4_first() -> None:
 )
 def test_canonical_cidrs(given_: str, canonical: str) -> None:
     node = make(annotations={CIDR_KEY: given_})
-    assert [str(c) for c in parse_node(node, cidr_annotation=CIDR_KEY).cidrs] == [canonical]
+    assert [str(c) for c in parse_node(node, annotations=CIDR).cidrs] == [canonical]
     assert [str(c) for c in parse_node(make(cidrs=[given_])).cidrs] == [canonical]
 
 
@@ -127,7 +138,7 @@ def test_canonical_cidrs(given_: str, canonical: str) -> None:
 )
 def test_canonical_addresses(given_: str, canonical: str) -> None:
     node = make(cidrs=["10.0.0.0/24", "fd00::/64"], annotations={ADDR_KEY: given_})
-    assert [str(a) for a in parse_node(node, address_annotation=ADDR_KEY).addresses] == [canonical]
+    assert [str(a) for a in parse_node(node, annotations=ADDR).addresses] == [canonical]
     assert [str(a) for a in parse_node(make(ips=[given_])).addresses] == [canonical]
 
 
@@ -140,7 +151,7 @@ def test_whitespace_around_items() -> None:
     node = make(
         annotations={CIDR_KEY: "  10.1.0.0/24 ,\tfd00::/64  ", ADDR_KEY: " 10.0.0.1 , fd00::1"}
     )
-    n = parse_node(node, cidr_annotation=CIDR_KEY, address_annotation=ADDR_KEY)
+    n = parse_node(node, annotations=BOTH)
     assert n.cidrs == (net("10.1.0.0/24"), net("fd00::/64"))
     assert n.addresses == (ip("10.0.0.1"), ip("fd00::1"))
 
@@ -166,12 +177,15 @@ def test_whitespace_around_items() -> None:
         ("10.1.0.0/24;fd00::/64", "not a CIDR"),
         ("0.0.0.0/0", "default route"),
         ("::/0", "default route"),
+        ("10.1.0.0/31", "10.1.0.0/31 is too small for pods (at most /30)"),
+        ("10.1.0.0/24,fd00::/127", "fd00::/127 is too small for pods (at most /126)"),
+        ("::ffff:10.1.0.0/127", "10.1.0.0/31 is too small"),
     ],
 )
 def test_bad_cidr_annotation(value: str, reason: str) -> None:
     node = make("vm-007", ips=["10.0.0.7"], annotations={CIDR_KEY: value})
     with pytest.raises(InvalidNode) as info:
-        parse_node(node, cidr_annotation=CIDR_KEY)
+        parse_node(node, annotations=CIDR)
     e = info.value
     assert (e.node, e.key, e.value) == ("vm-007", CIDR_KEY, value)
     assert reason in e.reason
@@ -201,7 +215,7 @@ def test_bad_cidr_annotation(value: str, reason: str) -> None:
 def test_bad_address_annotation(value: str, reason: str) -> None:
     node = make("vm-007", cidrs=["10.244.7.0/24"], annotations={ADDR_KEY: value})
     with pytest.raises(InvalidNode) as info:
-        parse_node(node, address_annotation=ADDR_KEY)
+        parse_node(node, annotations=ADDR)
     e = info.value
     assert (e.node, e.key, e.value) == ("vm-007", ADDR_KEY, value)
     assert reason in e.reason
@@ -213,12 +227,12 @@ def test_wrong_family_is_judged_against_the_annotated_cidrs() -> None:
         annotations={CIDR_KEY: "fd00:5::/112", ADDR_KEY: "10.0.0.7"},
     )
     with pytest.raises(InvalidNode, match="is IPv4 but the node has no IPv4 pod CIDR"):
-        parse_node(node, cidr_annotation=CIDR_KEY, address_annotation=ADDR_KEY)
+        parse_node(node, annotations=BOTH)
 
 
 def test_address_family_is_not_checked_without_any_cidr() -> None:
     node = make(cidrs=[], annotations={ADDR_KEY: "fd00::7"})
-    assert parse_node(node, address_annotation=ADDR_KEY).addresses == (ip("fd00::7"),)
+    assert parse_node(node, annotations=ADDR).addresses == (ip("fd00::7"),)
 
 
 def test_dual_stack_internal_ips_with_ipv4_pods_is_normal() -> None:
@@ -230,7 +244,7 @@ def test_dual_stack_internal_ips_with_ipv4_pods_is_normal() -> None:
 def test_configured_annotation_missing_on_the_node(key: str) -> None:
     node = make("vm-008", cidrs=["10.244.8.0/24"], ips=["10.0.0.8"])
     with pytest.raises(InvalidNode) as info:
-        parse_node(node, **{"cidr_annotation" if key == CIDR_KEY else "address_annotation": key})
+        parse_node(node, annotations=CIDR if key == CIDR_KEY else ADDR)
     assert (info.value.node, info.value.key, info.value.value) == ("vm-008", key, None)
     assert str(info.value) == f"node vm-008: {info.value.reason} ({key})"
     assert "missing" in info.value.reason
@@ -240,7 +254,7 @@ def test_annotation_that_is_not_a_string_counts_as_missing() -> None:
     node = make(cidrs=["10.244.8.0/24"])
     node["metadata"]["annotations"][CIDR_KEY] = ["10.1.0.0/24"]
     with pytest.raises(InvalidNode, match="missing"):
-        parse_node(node, cidr_annotation=CIDR_KEY)
+        parse_node(node, annotations=CIDR)
 
 
 def test_node_without_a_name() -> None:
@@ -337,7 +351,7 @@ def test_one_bad_node_never_stops_the_others() -> None:
         make("c", annotations={}, ips=["10.0.0.3"]),
         make("d", annotations={CIDR_KEY: "10.4.0.0/24"}, ips=["10.0.0.4", "10.0.0.44"]),
     ]
-    networks, problems = parse_nodes(nodes, cidr_annotation=CIDR_KEY)
+    networks, problems = parse_nodes(nodes, annotations=CIDR)
     assert [n.name for n in networks] == ["a", "d"]
     assert [(p.node, p.key) for p in problems] == [
         ("b", CIDR_KEY),
@@ -374,7 +388,7 @@ def test_any_annotation_parses_canonically_or_raises_invalid_node(items: list[st
     value = ",".join(items)
     node = make("p", annotations={CIDR_KEY: value})
     try:
-        n = parse_node(node, cidr_annotation=CIDR_KEY)
+        n = parse_node(node, annotations=CIDR)
     except InvalidNode as e:
         assert (e.node, e.key, e.value) == ("p", CIDR_KEY, value)
         return
@@ -402,3 +416,62 @@ def test_odd_shapes_in_status_addresses_never_raise(odd: object) -> None:
     node = {"metadata": {"name": "odd"}, "spec": {"podCIDRs": odd}, "status": {"addresses": odd}}
     facts = extract_facts(node)
     assert (facts.name, facts.pod_cidrs, facts.internal_ips) == ("odd", (), ())
+
+
+# -- one policy for the daemon and the IPAM plugin ------------------------------------
+
+
+def test_pod_cidrs_too_small_for_pods_are_ignored_in_spec() -> None:
+    n = parse_node(make(cidrs=["10.1.0.0/32", "fd00::/64", "10.2.0.0/30"], ips=["10.0.0.1"]))
+    assert n.cidrs == (net("10.2.0.0/30"), net("fd00::/64"))
+    assert [(p.reason, p.value) for p in n.problems] == [
+        ("10.1.0.0/32 is too small for pods (at most /30); ignored", "10.1.0.0/32")
+    ]
+
+
+def test_pod_cidrs_of_a_node_without_one_name_it() -> None:
+    n = parse_node(make("vm-1", cidrs=["0.0.0.0/0"], ips=["10.0.0.1"]))
+    with pytest.raises(InvalidNode) as info:
+        pod_cidrs(n)
+    assert (info.value.node, info.value.reason) == ("vm-1", NO_POD_CIDR)
+    assert pod_cidrs(parse_node(make(cidrs=["fd00::/64", "10.1.0.0/24"]))) == (
+        net("10.1.0.0/24"),
+        net("fd00::/64"),
+    )
+
+
+def test_facts_carry_the_annotations_they_were_read_with() -> None:
+    node = make(cidrs=["10.244.3.0/24"], ips=["10.0.0.3"], annotations={CIDR_KEY: "10.9.0.0/24"})
+    assert parse_facts(extract_facts(node, annotations=CIDR)).cidrs == (net("10.9.0.0/24"),)
+    assert parse_facts(extract_facts(node)).cidrs == (net("10.244.3.0/24"),)
+    # a caller that names other annotations than the facts were read with is told so
+    with pytest.raises(InputError, match="vm-003"):
+        parse_nodes([extract_facts(node)], annotations=CIDR)
+    networks, _ = parse_nodes([extract_facts(node, annotations=CIDR)], annotations=CIDR)
+    assert networks[0].cidrs == (net("10.9.0.0/24"),)
+
+
+@pytest.mark.parametrize(
+    ("cidr", "usable"),
+    [
+        ("10.1.0.0/30", True),
+        ("10.1.0.0/31", False),
+        ("fd00::/126", True),
+        ("fd00::/127", False),
+        ("fd00::/128", False),
+        ("::ffff:10.1.0.0/126", True),  # 10.1.0.0/30
+        ("::ffff:10.1.0.0/127", False),  # 10.1.0.0/31
+        ("10.0.0.0/1", True),
+        ("::/1", True),
+    ],
+)
+def test_the_smallest_pod_cidr_holds_a_gateway_and_a_pod(cidr: str, usable: bool) -> None:
+    lenient = parse_node(make(cidrs=[cidr], ips=["10.0.0.1", "fd00::1"]))
+    assert bool(lenient.cidrs) is usable
+    assert bool(lenient.problems) is not usable
+    node = make(ips=["10.0.0.1"], annotations={CIDR_KEY: cidr})
+    if usable:
+        assert len(parse_node(node, annotations=CIDR).cidrs) == 1
+    else:
+        with pytest.raises(InvalidNode, match="too small for pods"):
+            parse_node(node, annotations=CIDR)

@@ -14,8 +14,11 @@ from typing import Any
 import pytest
 
 from xcluster_cni_lib.core.errors import InputError
-from xcluster_cni_lib.core.values import NodeFacts
+from xcluster_cni_lib.core.nodes import parse_nodes
+from xcluster_cni_lib.core.planning import desired_routes_from_facts
+from xcluster_cni_lib.core.values import Annotations, NodeFacts
 from xcluster_cni_lib.sources.nodesfile import FileNodeSource, load_node_facts, load_node_list
+from xcluster_cni_lib.sync.nodecache import NodeCache
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -299,7 +302,7 @@ def test_annotations_are_passed_to_extract(tmp_path: Path) -> None:
             got.append(list(nodes))
 
     stop = threading.Event()
-    source = FileNodeSource(f, cidr_annotation="x/cidr", address_annotation="x/addr")
+    source = FileNodeSource(f, annotations=Annotations(cidr="x/cidr", address="x/addr"))
     thread = threading.Thread(target=source.run, args=(Sink(), stop), daemon=True)
     thread.start()
     try:
@@ -309,6 +312,7 @@ def test_annotations_are_passed_to_extract(tmp_path: Path) -> None:
         thread.join(timeout=5)
     assert got[0][0].cidr_annotation == "10.9.0.0/24"
     assert got[0][0].address_annotation == "10.8.0.1"
+    assert got[0][0].annotations == Annotations(cidr="x/cidr", address="x/addr")
 
 
 def test_stops_promptly_with_a_long_poll_interval(tmp_path: Path) -> None:
@@ -325,3 +329,65 @@ def test_stops_promptly_with_a_long_poll_interval(tmp_path: Path) -> None:
     thread.join(timeout=5)
     assert not thread.is_alive()
     assert time.monotonic() - t0 < 1.0
+
+
+# -- the annotation configuration is given once, where nodes are read --------------------
+
+ADDR = "example.com/overlay-address"
+
+
+def overlay_nodes(tmp_path: Path) -> Path:
+    """Four nodes whose routes go via the addresses in annotation ``ADDR``."""
+    nodes = []
+    for i in range(1, 5):
+        n = node(f"n{i}", cidrs=[f"10.244.{i}.0/24"], ip=f"192.168.1.{i}")
+        n["metadata"]["annotations"] = {ADDR: f"172.16.0.{i}"}
+        nodes.append(n)
+    f = tmp_path / "nodes.json"
+    write(f, nodes)
+    return f
+
+
+def test_the_planner_uses_the_annotations_the_facts_were_read_with(tmp_path: Path) -> None:
+    f = overlay_nodes(tmp_path)
+    facts = load_node_facts(f, annotations=Annotations(address=ADDR))
+    routes, problems = desired_routes_from_facts(facts, own="n1")
+    assert [(str(r.dst), str(r.gateway)) for r in routes] == [
+        (f"10.244.{i}.0/24", f"172.16.0.{i}") for i in (2, 3, 4)
+    ]
+    assert problems == []
+    # the cache too: it parses each node with the configuration its facts carry
+    cache = NodeCache()
+    cache.replace_all(facts)
+    assert [str(n.addresses[0]) for n in cache.snapshot().networks] == [
+        f"172.16.0.{i}" for i in (1, 2, 3, 4)
+    ]
+    assert cache.snapshot().skipped == ()
+
+
+def test_the_planner_cannot_be_given_other_annotations_than_the_source(tmp_path: Path) -> None:
+    """The trap: names given to the planner but not to the source made every node look
+    like it lacked the annotation (no routes, four false problems)."""
+    f = overlay_nodes(tmp_path)
+    with pytest.raises(TypeError):
+        desired_routes_from_facts(  # type: ignore[call-arg]
+            load_node_facts(f), own="n1", address_annotation=ADDR
+        )
+    with pytest.raises(InputError, match="n1"):
+        parse_nodes(load_node_facts(f), annotations=Annotations(address=ADDR))
+    # read without the annotation, the nodes are routed via their InternalIPs: no problem
+    routes, problems = desired_routes_from_facts(load_node_facts(f), own="n1")
+    assert [str(r.gateway) for r in routes] == ["192.168.1.2", "192.168.1.3", "192.168.1.4"]
+    assert problems == []
+
+
+@pytest.mark.parametrize("key", ["bad key!!", "-x", "Example.com/a", "a/b/c", "x" * 64, ""])
+@pytest.mark.parametrize("which", ["cidr", "address"])
+def test_annotation_keys_are_checked_once_where_they_are_given(key: str, which: str) -> None:
+    with pytest.raises(InputError, match=f"{which} annotation {key!r}"):
+        Annotations(**{which: key})
+
+
+@pytest.mark.parametrize("key", ["a", "example.com/cidrs", "node-ip.nordix.org/net3", "x" * 63])
+def test_valid_annotation_keys(key: str) -> None:
+    assert Annotations(cidr=key, address=key).keys() == (key, key)

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from xcluster_cni_lib.core.errors import InputError
-from xcluster_cni_lib.core.ownnode import find_own, resolve_own
+from xcluster_cni_lib.core.ownnode import (
+    find_own,
+    find_own_object,
+    machine_id_key,
+    resolve_own,
+    several_nodes_message,
+)
 from xcluster_cni_lib.core.values import NodeFacts, NodeNetwork
 from xcluster_cni_lib.support.hostinfo import read_machine_id
 
@@ -72,3 +78,29 @@ def test_read_machine_id(tmp_path: Path) -> None:
     assert read_machine_id(str(f)) is None
     assert read_machine_id(str(tmp_path / "missing")) is None
     assert read_machine_id(str(tmp_path)) is None  # a directory: unreadable
+
+
+def test_node_objects_by_the_same_rule() -> None:
+    """The IPAM plugins search Node dicts (streamed) with the daemon's rule."""
+    objects = [
+        {"metadata": {"name": "a"}, "status": {"nodeInfo": {"machineID": "AAAA\n"}}},
+        {"metadata": {"name": "b"}, "status": {"nodeInfo": {"machineID": "bbbb"}}},
+        {"metadata": {"name": "c"}},
+        {"status": "garbage"},
+    ]
+    assert find_own_object(iter(objects), name="b", machine_id="aaaa") is objects[1]
+    assert find_own_object(iter(objects), name=None, machine_id=" aaaa") is objects[0]
+    assert find_own_object(iter(objects), name=None, machine_id="cccc") is None
+    assert find_own_object(iter(objects), name="zz", machine_id="aaaa") is None
+    clones = [*objects, {"metadata": {"name": "a2"}, "status": {"nodeInfo": {"machineID": "aaaa"}}}]
+    with pytest.raises(InputError) as caught:
+        find_own_object(iter(clones), name=None, machine_id="AAAA")
+    assert str(caught.value) == several_nodes_message("aaaa", ["a", "a2"])
+    assert (
+        str(caught.value) == "machine id aaaa belongs to several nodes (a, a2); set the node name"
+    )
+
+
+def test_machine_id_key() -> None:
+    assert machine_id_key(" ABC\n") == "abc"
+    assert machine_id_key(None) == machine_id_key("") == ""

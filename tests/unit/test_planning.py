@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,7 @@ from xcluster_cni_lib.core.planning import (
     plan_routes,
     route_sort_key,
 )
-from xcluster_cni_lib.core.values import NodeFacts, NodeNetwork, Plan, Route
+from xcluster_cni_lib.core.values import Annotations, NodeFacts, NodeNetwork, Plan, Route
 
 net = ipaddress.ip_network
 ip = ipaddress.ip_address
@@ -162,7 +163,9 @@ def test_desired_routes_from_facts_is_parse_then_plan() -> None:
     routes, problems = desired_routes_from_facts(facts, own="a")
     assert routes == [R("10.244.3.0/24", "192.168.1.3")]
     assert [p.node for p in problems] == ["b", "c"]  # b: no address; c: no IPv6 address
-    routes, problems = desired_routes_from_facts(facts, own="a", cidr_annotation="x")
+    # facts read with a CIDR annotation "x" that no node has
+    read_with_x = [attrs.evolve(f, annotations=Annotations(cidr="x")) for f in facts]
+    routes, problems = desired_routes_from_facts(read_with_x, own="a")
     assert routes == [] and [(p.node, p.key) for p in problems] == [
         ("a", "x"),
         ("b", "x"),
@@ -395,6 +398,18 @@ def test_desired_routes_state_recomputes_when_an_overlap_is_involved() -> None:
     assert list(state.routes) == [net("10.244.0.0/16")]
 
 
+def test_a_change_after_a_recomputation_stays_local() -> None:
+    a = N("a", ("10.244.1.0/24",), ("192.168.1.1",))
+    b = N("b", ("10.244.2.0/24",), ("192.168.1.2",))
+    state = DesiredRoutes([a, b], own=None)
+    # a moves onto b's CIDR: an overlap, everything is recomputed
+    assert state.update({"a": N("a", ("10.244.2.0/25",), ("192.168.1.1",))}) is None
+    # a new node on a's old CIDR overlaps nothing now: planned alone
+    c = N("c", ("10.244.1.0/24",), ("192.168.1.3",))
+    assert state.update({"c": c}) == {net("10.244.1.0/24")}
+    assert state.routes[net("10.244.1.0/24")] == R("10.244.1.0/24", "192.168.1.3", "c")
+
+
 def test_cidr_index_finds_equal_containing_and_contained() -> None:
     index = CidrIndex()
     index.add(net("10.1.0.0/16"), "wide")
@@ -410,50 +425,262 @@ def test_cidr_index_finds_equal_containing_and_contained() -> None:
     assert index.overlapping(net("10.1.2.0/24")) == []
 
 
+# -- wide CIDR pools: nested, adjacent, equal and containing, many lengths, both families --
+
+# Every CIDR is the k-th block of its length from a common base, so CIDRs of different
+# lengths nest (k=0 at every length shares the base), blocks k and k+1 are adjacent, equal
+# draws are equal, and lengths one apart exercise both of CidrIndex's lookup strategies.
+V4_LENGTHS = (8, 12, 15, 16, 17, 23, 24, 25, 30, 31, 32)
+V6_LENGTHS = (32, 48, 55, 56, 57, 63, 64, 65, 96, 112, 127, 128)
+V4_BASE = int(ip("10.0.0.0"))
+V6_BASE = int(ip("fd00::"))
+NAMES = [f"n{i}" for i in range(8)]
+V4_ADDRS = [ip(f"192.168.0.{i}") for i in range(1, 4)]
+V6_ADDRS = [ip(f"fd00:9::{i}") for i in range(1, 4)]
+
+
 @st.composite
-def network_changes(draw: st.DrawFn) -> list[dict[str, NodeNetwork | None]]:
-    """A few batches of node changes over a small pool, so overlaps are frequent."""
+def wide_cidrs(
+    draw: st.DrawFn, family: int | None = None, *, close: bool = False
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A CIDR from the pools; ``close``: only three lengths one apart, so that a query's
+    every possible subnet of the next length is often indexed (CidrIndex enumerates them)."""
+    if family is None:
+        family = draw(st.sampled_from([4, 6]))
+    k = draw(st.integers(0, 4))
+    if family == 4:
+        length = draw(st.sampled_from((15, 16, 17) if close else V4_LENGTHS))
+        return ipaddress.IPv4Network((V4_BASE + (k << (32 - length)), length))
+    length = draw(st.sampled_from((63, 64, 65) if close else V6_LENGTHS))
+    return ipaddress.IPv6Network((V6_BASE + (k << (128 - length)), length))
+
+
+@st.composite
+def wide_network(draw: st.DrawFn, name: str) -> NodeNetwork:
+    cidrs = []
+    addrs = []
+    for family, pool in ((4, V4_ADDRS), (6, V6_ADDRS)):
+        if draw(st.integers(0, 3)):  # mostly dual-stack
+            cidrs.append(draw(wide_cidrs(family)))
+        if draw(st.integers(0, 4)):  # sometimes without an address of the family
+            addrs.append(draw(st.sampled_from(pool)))
+    return NodeNetwork(name=name, cidrs=tuple(cidrs), addresses=tuple(addrs))
+
+
+@st.composite
+def wide_networks(draw: st.DrawFn) -> list[NodeNetwork]:
+    names = draw(st.lists(st.sampled_from(NAMES), max_size=len(NAMES), unique=True))
+    return [draw(wide_network(name)) for name in names]
+
+
+def reference_desired_routes(
+    nodes: list[NodeNetwork], own: str | None
+) -> tuple[list[Route], list[str]]:
+    """``desired_routes`` as its docstring says it, by brute force: claims go to ``own``,
+    then in name order; a CIDR overlapping an earlier claim loses to the earliest one."""
+    ordered = sorted(nodes, key=lambda n: n.name)
+    claims = [(c, n.name) for n in ordered if n.name == own for c in n.cidrs]
+    routes: list[Route] = []
+    problems: list[str] = []
+    for n in ordered:
+        if n.name == own:
+            continue
+        if not n.cidrs:
+            problems.append(f"node {n.name}: no pod CIDR; no route to this node")
+        for cidr in n.cidrs:
+            hit = next(
+                ((c, o) for c, o in claims if c.version == cidr.version and c.overlaps(cidr)), None
+            )
+            if hit is not None:
+                whose = "this node's own" if hit[1] == own else f"node {hit[1]}'s"
+                problems.append(
+                    f"node {n.name}: pod CIDR {cidr} overlaps {whose} pod CIDR {hit[0]}; no route"
+                )
+                continue
+            claims.append((cidr, n.name))
+            address = next((a for a in n.addresses if a.version == cidr.version), None)
+            if address is None:
+                problems.append(
+                    f"node {n.name}: no IPv{cidr.version} address; no route to its pod CIDR {cidr}"
+                )
+                continue
+            routes.append(Route(dst=cidr, gateway=address, node=n.name))
+    routes.sort(key=route_sort_key)
+    return routes, problems
+
+
+def route_view(routes: list[Route]) -> list[tuple[str, str, str]]:
+    return [(str(r.dst), str(r.gateway), r.node) for r in routes]
+
+
+@settings(max_examples=200)
+@given(wide_networks(), st.sampled_from([None, "n0", "n3", "n7"]))
+def test_desired_routes_equal_a_brute_force_model(
+    nodes: list[NodeNetwork], own: str | None
+) -> None:
+    routes, problems = desired_routes(nodes, own=own)
+    expected_routes, expected_problems = reference_desired_routes(nodes, own)
+    assert route_view(routes) == route_view(expected_routes)
+    assert [str(p) for p in problems] == expected_problems
+    assert all(p.value == str(c) for p in problems if (c := p.value) is not None)
+
+
+# CidrIndex against a list of (cidr, owner) pairs, after every add and remove.
+@st.composite
+def index_ops(
+    draw: st.DrawFn,
+) -> list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network, str]]:
+    ops: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+    held: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+    close = draw(st.booleans())
+    for _ in range(draw(st.integers(1, 20))):
+        if held and draw(st.integers(0, 2)) == 0:
+            cidr, owner = draw(st.sampled_from(held))  # remove something held
+            held.remove((cidr, owner))
+            ops.append(("remove", cidr, owner))
+        elif draw(st.integers(0, 9)) == 0:
+            cidr, owner = draw(wide_cidrs(close=close)), draw(st.sampled_from(NAMES))
+            ops.append(("remove", cidr, owner))  # mostly a no-op
+        else:
+            cidr, owner = draw(wide_cidrs(close=close)), draw(st.sampled_from(NAMES))
+            held.append((cidr, owner))
+            ops.append(("add", cidr, owner))
+    return ops
+
+
+@settings(max_examples=200)
+@given(index_ops(), st.lists(wide_cidrs(), min_size=1, max_size=4))
+def test_cidr_index_equals_a_list_scan(
+    ops: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network, str]],
+    queries: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> None:
+    index = CidrIndex()
+    held: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+    for op, cidr, owner in ops:
+        if op == "add":
+            index.add(cidr, owner)
+            held.append((cidr, owner))
+        else:
+            index.remove(cidr, owner)
+            if (cidr, owner) in held:
+                held.remove((cidr, owner))
+        for q in [*queries, cidr]:
+            expected = [o for c, o in held if c.version == q.version and c.overlaps(q)]
+            assert sorted(index.overlapping(q)) == sorted(expected), (op, cidr, q)
+
+
+def test_cidr_index_keeps_other_cidrs_of_a_length_after_a_remove() -> None:
+    index = CidrIndex()
+    index.add(net("10.1.0.0/24"), "a")
+    index.add(net("10.2.0.0/24"), "b")
+    index.add(net("10.2.0.0/24"), "c")  # the same CIDR twice
+    index.remove(net("10.1.0.0/24"), "a")
+    assert index.overlapping(net("10.2.0.0/24")) == ["b", "c"]
+    index.remove(net("10.2.0.0/24"), "b")
+    assert index.overlapping(net("10.2.0.0/16")) == ["c"]
+    index.remove(net("10.2.0.0/24"), "x")  # not an owner: nothing happens
+    index.remove(net("10.3.0.0/24"), "c")  # not indexed: nothing happens
+    index.remove(net("fd00::/64"), "c")  # no CIDR of this length: nothing happens
+    assert index.overlapping(net("10.0.0.0/8")) == ["c"]
+    # a daemon adds and removes CIDRs for months: a removed one leaves nothing behind
+    index.remove(net("10.2.0.0/24"), "c")
+    assert index._by_length == {4: {}, 6: {}}
+
+
+def test_cidr_index_finds_contained_cidrs_by_both_strategies() -> None:
+    index = CidrIndex()
+    index.add(net("10.0.1.0/24"), "inner1")
+    index.add(net("10.0.3.128/25"), "inner2")
+    index.add(net("10.0.0.0/23"), "mid")
+    index.add(net("fd00:0:0:1::/64"), "six")
+    # the /24 and /25 tables hold one CIDR each: fewer than a /23 or /22 can hold (scanned)
+    assert sorted(index.overlapping(net("10.0.0.0/23"))) == ["inner1", "mid"]
+    assert sorted(index.overlapping(net("10.0.0.0/22"))) == ["inner1", "inner2", "mid"]
+    assert index.overlapping(net("10.0.2.0/23")) == ["inner2"]
+    assert index.overlapping(net("10.0.2.0/24")) == []  # adjacent to both
+    assert index.overlapping(net("fd00::/48")) == ["six"]
+    assert index.overlapping(net("fd00::/64")) == []
+    # a /24 table holding at least as many CIDRs as a /23 has /24s (enumerated), with
+    # neighbours on both sides that must not be found
+    for third in (0, 2, 4, 5):
+        index.add(net(f"10.1.{third}.0/24"), f"x{third}")
+    assert sorted(index.overlapping(net("10.1.4.0/23"))) == ["x4", "x5"]
+    assert index.overlapping(net("10.1.2.0/23")) == ["x2"]
+    assert index.overlapping(net("10.1.6.0/23")) == []
+    for last in range(0, 64, 16):
+        index.add(net(f"fd00:0:0:2::{last:x}/124"), f"y{last}")
+    assert sorted(index.overlapping(net("fd00:0:0:2::/122"))) == ["y0", "y16", "y32", "y48"]
+    assert sorted(index.overlapping(net("fd00:0:0:2::20/123"))) == ["y32", "y48"]
+
+
+@st.composite
+def node_changes(draw: st.DrawFn, start: list[NodeNetwork]) -> list[dict[str, NodeNetwork | None]]:
+    """Batches of changes, each one of: a new node, a node gone, a node's whole network
+    replaced, one CIDR replaced or dropped, an address changed."""
+    current = {n.name: n for n in start}
     batches = []
-    for _ in range(draw(st.integers(1, 5))):
-        names = draw(st.lists(st.sampled_from([f"n{i}" for i in range(6)]), max_size=3))
+    for _ in range(draw(st.integers(1, 8))):
         batch: dict[str, NodeNetwork | None] = {}
-        for name in names:
-            if draw(st.booleans()):
-                batch[name] = None
+        for _ in range(draw(st.integers(1, 3))):
+            name = draw(st.sampled_from(NAMES))
+            old = current.get(name)
+            kind = draw(st.sampled_from(["remove", "replace", "cidr", "address"]))
+            new: NodeNetwork | None
+            if old is None or kind == "replace":
+                new = draw(wide_network(name))
+            elif kind == "remove":
+                new = None
+            elif kind == "cidr":
+                family = draw(st.sampled_from([4, 6]))
+                keep = tuple(c for c in old.cidrs if c.version != family)
+                if draw(st.booleans()):
+                    keep += (draw(wide_cidrs(family)),)
+                new = attrs.evolve(old, cidrs=tuple(sorted(keep, key=lambda c: c.version)))
             else:
-                cidrs = draw(
-                    st.lists(
-                        st.sampled_from(["10.1.0.0/16", "10.1.1.0/24", "10.2.0.0/24", "fd00::/56"]),
-                        max_size=2,
-                        unique_by=lambda c: net(c).version,
-                    )
-                )
-                addrs = draw(
-                    st.lists(st.sampled_from(["192.168.0.1", "fd00:9::1"]), max_size=2, unique=True)
-                )
-                batch[name] = N(name, tuple(cidrs), tuple(addrs))
+                family = draw(st.sampled_from([4, 6]))
+                keep_a = tuple(a for a in old.addresses if a.version != family)
+                if draw(st.booleans()):
+                    keep_a += (draw(st.sampled_from(V4_ADDRS if family == 4 else V6_ADDRS)),)
+                new = attrs.evolve(old, addresses=tuple(sorted(keep_a, key=lambda a: a.version)))
+            batch[name] = new
+            if new is None:
+                current.pop(name, None)
+            else:
+                current[name] = new
         batches.append(batch)
     return batches
 
 
-@settings(max_examples=300)
-@given(networks(), network_changes(), st.sampled_from([None, "n0", "n3"]))
+@settings(max_examples=200)
+@given(st.data(), wide_networks(), st.sampled_from([None, "n0", "n3", "n7"]))
 def test_incremental_desired_routes_equal_a_full_computation(
-    nodes: list[NodeNetwork], changes: list[dict[str, NodeNetwork | None]], own: str | None
+    data: st.DataObject, nodes: list[NodeNetwork], own: str | None
 ) -> None:
+    changes = data.draw(node_changes(nodes))
     state = DesiredRoutes(nodes, own=own)
     current = {n.name: n for n in nodes}
     for batch in changes:
         before = dict(state.routes)
+        # local exactly when the own node is not involved and no CIDR of a changed node,
+        # old or new, overlaps a CIDR of an unchanged node
+        changed_cidrs = [
+            c for name, new in batch.items() for n in (current.get(name), new) if n for c in n.cidrs
+        ]
+        unchanged_cidrs = [c for n in current.values() if n.name not in batch for c in n.cidrs]
+        local = (own is None or own not in batch) and not any(
+            a.version == b.version and a.overlaps(b) for a in changed_cidrs for b in unchanged_cidrs
+        )
         touched = state.update(batch)
+        assert (touched is not None) == local
         for name, new in batch.items():
             if new is None:
                 current.pop(name, None)
             else:
                 current[name] = new
         routes, problems = desired_routes(current.values(), own=own)
-        assert sorted(state.routes.values(), key=route_sort_key) == routes
-        assert state.problems() == problems
+        assert route_view(sorted(state.routes.values(), key=route_sort_key)) == route_view(routes)
+        assert [str(p) for p in state.problems()] == [str(p) for p in problems]
+        assert state.networks == current
         if touched is not None:  # every destination whose route changed was reported
             changed = {d for d in {*before, *state.routes} if before.get(d) != state.routes.get(d)}
             changed |= {

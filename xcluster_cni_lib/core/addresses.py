@@ -43,7 +43,8 @@ def parse_cidr(text: str) -> IPNetwork:
         net = ipaddress.ip_network(f"{addr_text}/{int(prefix_text)}", strict=False)
     except ValueError:
         raise ValueError(f"not a CIDR: {text!r}") from None
-    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.subnet_of(_MAPPED):
+    # inside ::ffff:0:0/96, the /96 itself included (0.0.0.0/0): IPv4, at every length
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_MAPPED):
         mapped = net.network_address.ipv4_mapped
         assert mapped is not None
         return ipaddress.IPv4Network(f"{mapped}/{net.prefixlen - 96}", strict=False)

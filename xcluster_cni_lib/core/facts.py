@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from xcluster_cni_lib.core.values import NodeFacts
+from xcluster_cni_lib.core.values import NO_ANNOTATIONS, Annotations, NodeFacts
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
@@ -32,22 +32,32 @@ def node_name(node: Mapping[str, Any]) -> str:
     return name if isinstance(name, str) else ""
 
 
+def node_annotation(node: Mapping[str, Any], key: str | None) -> str | None:
+    """The value of annotation ``key`` on the node, or None (no such key, not a string,
+    or ``key`` None)."""
+    if key is None:
+        return None
+    value = _mapping(_mapping(node.get("metadata")).get("annotations")).get(key)
+    return value if isinstance(value, str) else None
+
+
+def node_machine_id(node: Mapping[str, Any]) -> str | None:
+    """The node's ``status.nodeInfo.machineID``, or None when missing or empty."""
+    machine_id = _mapping(_mapping(node.get("status")).get("nodeInfo")).get("machineID")
+    return machine_id if isinstance(machine_id, str) and machine_id else None
+
+
 def extract_facts(
-    node: Mapping[str, Any],
-    *,
-    cidr_annotation: str | None = None,
-    address_annotation: str | None = None,
+    node: Mapping[str, Any], *, annotations: Annotations = NO_ANNOTATIONS
 ) -> NodeFacts:
     """The routing-relevant facts of a Node dict.
 
     ``pod_cidrs`` come from ``spec.podCIDRs`` (or the older ``spec.podCIDR``);
     ``internal_ips`` from ``status.addresses`` of type ``InternalIP``; the two annotation
-    values only when their names are configured.
+    values only when ``annotations`` names them. The facts carry ``annotations``.
     """
-    metadata = _mapping(node.get("metadata"))
     spec = _mapping(node.get("spec"))
     status = _mapping(node.get("status"))
-    annotations = _mapping(metadata.get("annotations"))
 
     pod_cidrs = _strings(spec.get("podCIDRs"))
     if not pod_cidrs and isinstance(spec.get("podCIDR"), str):
@@ -61,18 +71,12 @@ def extract_facts(
         and isinstance(a.get("address"), str)
     )
 
-    def annotation(key: str | None) -> str | None:
-        if key is None:
-            return None
-        value = annotations.get(key)
-        return value if isinstance(value, str) else None
-
-    machine_id = _mapping(status.get("nodeInfo")).get("machineID")
     return NodeFacts(
         name=node_name(node),
         pod_cidrs=pod_cidrs,
         internal_ips=internal_ips,
-        cidr_annotation=annotation(cidr_annotation),
-        address_annotation=annotation(address_annotation),
-        machine_id=machine_id if isinstance(machine_id, str) and machine_id else None,
+        cidr_annotation=node_annotation(node, annotations.cidr),
+        address_annotation=node_annotation(node, annotations.address),
+        machine_id=node_machine_id(node),
+        annotations=annotations,
     )

@@ -1,6 +1,9 @@
-"""Parse a node's facts into its validated, canonical ``NodeNetwork``.
+"""Parse a node's facts into its validated, canonical ``NodeNetwork``: the one place that
+decides which pod CIDRs and addresses a node has. The router daemon routes to exactly
+these CIDRs and the ``kube-node`` IPAM plugin allocates from exactly these (see
+``docs/node-data.md``).
 
-Where the values come from:
+Where the values come from (``NodeFacts.annotations`` says which):
 
 - pod CIDRs: ``spec.podCIDRs`` (``spec.podCIDR`` on old nodes), or, when a CIDR annotation
   name is configured, that annotation (comma-separated);
@@ -15,8 +18,9 @@ node, the annotation and the whole bad value, and the node is not used at all:
 - the annotation is configured but missing on the node, or its value is empty;
 - an item is empty (``"a,,b"``, a trailing comma) or not a CIDR / not an address;
 - more than two items, or two of one family;
-- a CIDR of length 0 (a default route is never a pod CIDR); an address that cannot be a
-  gateway (unspecified, loopback, multicast);
+- a CIDR of length 0 (a default route is never a pod CIDR) or too small to hold pods
+  (IPv4 longer than /30, IPv6 longer than /126: no room for a gateway and a pod); an
+  address that cannot be a gateway (unspecified, loopback, multicast);
 - an address of the wrong family: an annotated address whose family none of the node's
   pod CIDRs has (``fd00::1`` for an IPv4-only node). Such an address can never be a
   gateway for this node, so it is a typo or a stale value. (A node with no pod CIDR at
@@ -31,13 +35,27 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from xcluster_cni_lib.core.addresses import parse_address, parse_cidr, split_list
-from xcluster_cni_lib.core.errors import InvalidNode
+from xcluster_cni_lib.core.errors import InputError, InvalidNode
 from xcluster_cni_lib.core.facts import extract_facts
-from xcluster_cni_lib.core.values import IPAddress, IPNetwork, NodeFacts, NodeNetwork, Problem
+from xcluster_cni_lib.core.values import (
+    NO_ANNOTATIONS,
+    Annotations,
+    IPAddress,
+    IPNetwork,
+    NodeFacts,
+    NodeNetwork,
+    Problem,
+)
 
 POD_CIDRS_KEY = "spec.podCIDRs"
 ADDRESSES_KEY = "status.addresses"
 NAME_KEY = "metadata.name"
+#: The keys of problems that are about a Kubernetes field; any other key is an annotation.
+FIELD_KEYS = frozenset({POD_CIDRS_KEY, ADDRESSES_KEY, NAME_KEY})
+#: Why a node without a pod CIDR gets no route and no pod address.
+NO_POD_CIDR = "no pod CIDR"
+# The longest pod CIDR per family: host-local needs a gateway and a pod address in it.
+LONGEST_POD_CIDR = {4: 30, 6: 126}
 
 _T = TypeVar("_T", IPNetwork, IPAddress)
 
@@ -45,6 +63,9 @@ _T = TypeVar("_T", IPNetwork, IPAddress)
 def _check_cidr(cidr: IPNetwork) -> str | None:
     if cidr.prefixlen == 0:
         return f"{cidr} is a default route, not a pod CIDR"
+    longest = LONGEST_POD_CIDR[cidr.version]
+    if cidr.prefixlen > longest:
+        return f"{cidr} is too small for pods (at most /{longest})"
     return None
 
 
@@ -172,23 +193,20 @@ def _lenient_list(
     return tuple(chosen[f] for f in (4, 6) if f in chosen)
 
 
-def parse_facts(
-    facts: NodeFacts,
-    *,
-    cidr_annotation: str | None = None,
-    address_annotation: str | None = None,
-) -> NodeNetwork:
+def parse_facts(facts: NodeFacts) -> NodeNetwork:
     """The validated network view of one node.
 
-    ``cidr_annotation``/``address_annotation`` are annotation *names*; when given, the
-    values come from ``facts.cidr_annotation``/``facts.address_annotation`` (so ``facts``
-    must have been extracted with the same names). Raises ``InvalidNode`` for a node that
-    cannot be used; lenient findings are in ``NodeNetwork.problems``.
+    The CIDRs/addresses come from the annotations that ``facts.annotations`` names (the
+    configuration the facts were extracted with), else from the Kubernetes fields.
+    Raises ``InvalidNode`` for a node that cannot be used; lenient findings are in
+    ``NodeNetwork.problems``.
     """
     name = facts.name
     if not name:
         raise InvalidNode("?", "the node has no name", key=NAME_KEY)
     problems: list[Problem] = []
+    cidr_annotation = facts.annotations.cidr
+    address_annotation = facts.annotations.address
 
     cidrs: tuple[IPNetwork, ...]
     if cidr_annotation is not None:
@@ -243,18 +261,19 @@ def parse_facts(
 
 
 def parse_node(
-    node: Mapping[str, Any],
-    *,
-    cidr_annotation: str | None = None,
-    address_annotation: str | None = None,
+    node: Mapping[str, Any], *, annotations: Annotations = NO_ANNOTATIONS
 ) -> NodeNetwork:
-    """``parse_facts(extract_facts(node))``: a Node dict as the API returns it."""
-    facts = extract_facts(
-        node, cidr_annotation=cidr_annotation, address_annotation=address_annotation
-    )
-    return parse_facts(
-        facts, cidr_annotation=cidr_annotation, address_annotation=address_annotation
-    )
+    """``parse_facts(extract_facts(node, annotations=annotations))``: a Node dict as the
+    API returns it."""
+    return parse_facts(extract_facts(node, annotations=annotations))
+
+
+def pod_cidrs(network: NodeNetwork) -> tuple[IPNetwork, ...]:
+    """The node's pod CIDRs, IPv4 first: what the daemon routes to and the ``kube-node``
+    plugin allocates from. Raises ``InvalidNode`` (``NO_POD_CIDR``) when there is none."""
+    if not network.cidrs:
+        raise InvalidNode(network.name, NO_POD_CIDR)
+    return network.cidrs
 
 
 def problem_of(error: InvalidNode) -> Problem:
@@ -265,10 +284,13 @@ def problem_of(error: InvalidNode) -> Problem:
 def parse_nodes(
     nodes: Iterable[NodeFacts | Mapping[str, Any]],
     *,
-    cidr_annotation: str | None = None,
-    address_annotation: str | None = None,
+    annotations: Annotations | None = None,
 ) -> tuple[list[NodeNetwork], list[Problem]]:
     """Parse many nodes (facts or Node dicts); a bad node never stops the others.
+
+    Node dicts are read with ``annotations`` (default: none); facts carry their own. When
+    ``annotations`` is given, facts read with other annotations raise ``InputError``: the
+    caller disagrees with the source about where the values are.
 
     Returns the usable networks (in input order) and every problem found: one per
     skipped node (invalid, or a second node with an already seen name) followed by the
@@ -278,17 +300,17 @@ def parse_nodes(
     problems: list[Problem] = []
     seen: set[str] = set()
     for item in nodes:
-        facts = (
-            item
-            if isinstance(item, NodeFacts)
-            else extract_facts(
-                item, cidr_annotation=cidr_annotation, address_annotation=address_annotation
-            )
-        )
+        if isinstance(item, NodeFacts):
+            facts = item
+            if annotations is not None and facts.annotations != annotations:
+                raise InputError(
+                    f"node {facts.name}: its facts were read with {facts.annotations}, "
+                    f"not {annotations}"
+                )
+        else:
+            facts = extract_facts(item, annotations=annotations or NO_ANNOTATIONS)
         try:
-            network = parse_facts(
-                facts, cidr_annotation=cidr_annotation, address_annotation=address_annotation
-            )
+            network = parse_facts(facts)
         except InvalidNode as e:
             problems.append(problem_of(e))
             continue

@@ -32,7 +32,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 
 from xcluster_cni_lib.core.addresses import parse_address, parse_cidr
-from xcluster_cni_lib.core.nodes import parse_nodes
+from xcluster_cni_lib.core.nodes import NO_POD_CIDR, parse_nodes
 from xcluster_cni_lib.core.values import IPNetwork, NodeFacts, NodeNetwork, Plan, Problem, Route
 
 _BITS = {4: 32, 6: 128}
@@ -114,7 +114,7 @@ def desired_routes(
         if n.name == own:
             continue
         if not n.cidrs:
-            problems.append(Problem(n.name, "no pod CIDR; no route to this node"))
+            problems.append(Problem(n.name, f"{NO_POD_CIDR}; no route to this node"))
         for cidr in n.cidrs:
             claimed = claims.find(cidr)
             if claimed is not None:
@@ -145,17 +145,12 @@ def desired_routes(
 
 
 def desired_routes_from_facts(
-    facts: Iterable[NodeFacts],
-    *,
-    own: str | None,
-    cidr_annotation: str | None = None,
-    address_annotation: str | None = None,
+    facts: Iterable[NodeFacts], *, own: str | None
 ) -> tuple[list[Route], list[Problem]]:
     """``parse_nodes`` then ``desired_routes``: the whole path from facts to routes, with
-    every problem (skipped nodes first, then lenient findings, then routing problems)."""
-    networks, problems = parse_nodes(
-        facts, cidr_annotation=cidr_annotation, address_annotation=address_annotation
-    )
+    every problem (skipped nodes first, then lenient findings, then routing problems).
+    The facts carry the annotation configuration they were read with."""
+    networks, problems = parse_nodes(facts)
     routes, more = desired_routes(networks, own=own)
     return routes, problems + more
 
@@ -223,15 +218,12 @@ class DesiredRoutes:
     def __init__(self, nodes: Iterable[NodeNetwork], *, own: str | None) -> None:
         self.own = own
         self.networks: dict[str, NodeNetwork] = {n.name: n for n in nodes}
-        self.routes: dict[IPNetwork, Route] = {}
-        self._problems: dict[str, list[Problem]] = {}
-        self._index = CidrIndex()
-        self._rebuild()
+        self._rebuild()  # sets routes, _problems and _index
 
     def _rebuild(self) -> None:
         routes, problems = desired_routes(self.networks.values(), own=self.own)
-        self.routes = {r.dst: r for r in routes}
-        self._problems = {}
+        self.routes: dict[IPNetwork, Route] = {r.dst: r for r in routes}
+        self._problems: dict[str, list[Problem]] = {}
         for p in problems:
             self._problems.setdefault(p.node, []).append(p)
         self._index = CidrIndex()
@@ -298,8 +290,10 @@ def canonical_route(route: Route) -> Route:
     dst, gw = route.dst, route.gateway
     if type(gw) is ipaddress.IPv4Address and type(dst) is ipaddress.IPv4Network:
         return route  # the common case, already canonical
-    mapped_dst = isinstance(dst, ipaddress.IPv6Network) and (
-        dst.prefixlen >= 96 and dst.network_address.ipv4_mapped is not None
+    # (a network shorter than /96 never has a mapped network address: its host bits
+    # include some of the 0xffff that mark one)
+    mapped_dst = (
+        isinstance(dst, ipaddress.IPv6Network) and dst.network_address.ipv4_mapped is not None
     )
     mapped_gw = isinstance(gw, ipaddress.IPv6Address) and gw.ipv4_mapped is not None
     if not (mapped_dst or mapped_gw):

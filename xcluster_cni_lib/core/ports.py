@@ -1,10 +1,11 @@
-"""The I/O interfaces that services take as parameters. Implementations: ``netlink``
-(kernel), ``kube`` and ``nodesfile`` (node sources), ``testing`` (in-memory fakes)."""
+"""The I/O interfaces that services take as parameters. Implementations: ``kernel``
+(``routetable.NetlinkRouteTable``, ``tracker.RouteTracker``), ``sources`` (Kubernetes
+and file node sources), ``testing`` (in-memory fakes)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol, runtime_checkable
 
 from xcluster_cni_lib.core.values import IPNetwork, NodeFacts, Plan, Route, RouteOutcome
@@ -49,7 +50,8 @@ class RouteTable(Protocol):
 class TrackingRouteTable(RouteTable, Protocol):
     """A route table that also follows the kernel's changes, so that a reconciler can
     work on the destinations that changed instead of dumping the table
-    (``netlink.NetlinkRouteTable``)."""
+    (``kernel.routetable.NetlinkRouteTable``, whose tracker holds the one copy of our
+    installed routes)."""
 
     def changed_destinations(self) -> set[IPNetwork] | None:
         """Destinations whose routes changed since the last call or ``list_routes``, not
@@ -59,3 +61,11 @@ class TrackingRouteTable(RouteTable, Protocol):
     def routes_to(self, dsts: Iterable[IPNetwork]) -> list[Route]:
         """Routes of this protocol to these destinations, as tracked (no dump)."""
         ...
+
+
+class KernelMonitor(Protocol):
+    """Wakes a reconciler when the kernel changed something that can change our routes
+    (``kernel.tracker.RouteTracker``, the tracker of a ``NetlinkRouteTable``, from
+    ``table.track()``): calls ``on_change()`` until ``stop`` is set, returning soon after."""
+
+    def run(self, on_change: Callable[[], None], stop: threading.Event) -> None: ...

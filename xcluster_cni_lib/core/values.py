@@ -3,12 +3,65 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import TypeAlias
 
 import attrs
 
+from xcluster_cni_lib.core.errors import InputError
+
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_DNS_SUBDOMAIN = re.compile(rf"(?=.{{1,253}}$){_DNS_LABEL}(\.{_DNS_LABEL})*")
+_ANNOTATION_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+
+
+def is_dns_subdomain(text: str) -> bool:
+    """Whether ``text`` is a DNS subdomain as Kubernetes names use them (node names,
+    annotation prefixes): lower-case labels of alphanumerics and ``-``, 253 at most."""
+    return _DNS_SUBDOMAIN.fullmatch(text) is not None
+
+
+def annotation_key_problem(key: str) -> str | None:
+    """Why ``key`` is not a Kubernetes annotation key (``[prefix/]name``, the prefix a DNS
+    subdomain, the name at most 63 alphanumerics, ``-``, ``_`` or ``.``), or None."""
+    prefix, slash, name = key.rpartition("/")
+    if (slash and not is_dns_subdomain(prefix)) or not _ANNOTATION_NAME.fullmatch(name):
+        return "not a valid annotation key ([dns-prefix/]name)"
+    return None
+
+
+def _annotation_key(instance: object, attribute: attrs.Attribute[str | None], key: object) -> None:
+    if key is None:
+        return
+    if not isinstance(key, str):
+        raise InputError(f"{attribute.name} annotation: {key!r} is not a string")
+    problem = annotation_key_problem(key)
+    if problem is not None:
+        raise InputError(f"{attribute.name} annotation {key!r}: {problem}")
+
+
+@attrs.frozen
+class Annotations:
+    """Which node annotations hold the pod CIDRs (``cidr``) and the node addresses
+    (``address``) instead of ``spec.podCIDRs`` and the ``InternalIP`` addresses; ``None``:
+    the Kubernetes field. Given once, where Node objects are read (``extract_facts``, the
+    node sources): the ``NodeFacts`` carry it, so parsing and planning cannot disagree
+    with the reading. The keys are checked: ``InputError`` names a bad one."""
+
+    cidr: str | None = attrs.field(default=None, validator=_annotation_key)
+    address: str | None = attrs.field(default=None, validator=_annotation_key)
+
+    def keys(self) -> tuple[str, ...]:
+        """The configured annotation keys."""
+        return tuple(k for k in (self.cidr, self.address) if k is not None)
+
+
+#: No annotations: pod CIDRs from ``spec.podCIDRs``, addresses from ``InternalIP``.
+NO_ANNOTATIONS = Annotations()
 
 
 @attrs.frozen
@@ -16,7 +69,10 @@ class NodeFacts:
     """The compact, raw view of a Node that routing and IPAM need, extracted without validation.
 
     Two facts compare equal exactly when nothing routing cares about changed, so a kubelet
-    heartbeat yields an equal value and costs nothing downstream.
+    heartbeat yields an equal value and costs nothing downstream. ``annotations`` is the
+    configuration the facts were read with: ``cidr_annotation``/``address_annotation``
+    hold the values of those annotations, and parsing takes the CIDRs/addresses from
+    them exactly when ``annotations`` names them.
     """
 
     name: str
@@ -25,6 +81,7 @@ class NodeFacts:
     cidr_annotation: str | None = None
     address_annotation: str | None = None
     machine_id: str | None = None
+    annotations: Annotations = NO_ANNOTATIONS
 
 
 @attrs.frozen

@@ -9,21 +9,19 @@ that ``XCLUSTER_*`` variables get a warning: they look like settings but are not
 
 from __future__ import annotations
 
-import glob
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import attrs
 
 from xcluster_cni_lib.core.errors import InputError
+from xcluster_cni_lib.core.protocols import DEFAULT_PROTOCOL, check_protocol
+from xcluster_cni_lib.core.values import Annotations, annotation_key_problem, is_dns_subdomain
 from xcluster_cni_lib.support.jsonlog import LEVELS
+from xcluster_cni_lib.support.rtprotos import read_rt_protos
 
-DEFAULT_PROTOCOL = 202
 DEFAULT_RESYNC = 60.0
-KERNEL_PROTOCOLS = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static"}
-RT_PROTOS_FILES = ("/etc/iproute2/rt_protos", "/usr/share/iproute2/rt_protos")
-RT_PROTOS_DIRS = ("/etc/iproute2/rt_protos.d", "/usr/share/iproute2/rt_protos.d")
 
 # name -> one-line help; the flag is --name-in-kebab-case.
 SETTINGS: dict[str, str] = {
@@ -62,6 +60,11 @@ class DaemonConfig:
     resync_interval: float = DEFAULT_RESYNC
     http_address: tuple[str, int] | None = None
     warnings: tuple[str, ...] = attrs.field(default=(), eq=False)
+
+    @property
+    def annotations(self) -> Annotations:
+        """The annotation configuration, given once to the node source."""
+        return Annotations(cidr=self.cidr_annotation, address=self.address_annotation)
 
     def to_log(self) -> dict[str, object]:
         """The settings as log fields (no secrets exist in them: paths, not contents)."""
@@ -118,7 +121,7 @@ def load_config(
     protocol = parse_protocol(get("PROTOCOL"), names, warnings)
 
     node_name = get("NODE_NAME")
-    if node_name is not None and not _DNS_SUBDOMAIN.fullmatch(node_name):
+    if node_name is not None and not is_dns_subdomain(node_name):
         raise ConfigError("NODE_NAME", node_name, "not a valid node name (DNS subdomain)")
     if node_name is None:
         warnings.append("NODE_NAME is not set: the own node is found by machine-id only")
@@ -149,18 +152,14 @@ def load_config(
 
 # -- single settings -----------------------------------------------------------------------
 
-_DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
-_DNS_SUBDOMAIN = re.compile(rf"(?=.{{1,253}}$){_DNS_LABEL}(\.{_DNS_LABEL})*")
-_ANNOTATION_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
-
 
 def parse_annotation(var: str, value: str | None) -> str | None:
-    """A Kubernetes annotation key: ``[prefix/]name`` (prefix a DNS subdomain)."""
+    """A Kubernetes annotation key (``core.values.annotation_key_problem``)."""
     if value is None:
         return None
-    prefix, slash, name = value.rpartition("/")
-    if (slash and not _DNS_SUBDOMAIN.fullmatch(prefix)) or not _ANNOTATION_NAME.fullmatch(name):
-        raise ConfigError(var, value, "not a valid annotation key ([dns-prefix/]name)")
+    problem = annotation_key_problem(value)
+    if problem is not None:
+        raise ConfigError(var, value, problem)
     return value
 
 
@@ -177,15 +176,10 @@ def parse_protocol(value: str | None, names: Mapping[int, str], warnings: list[s
                 "PROTOCOL", value, "not a number and not a name in /etc/iproute2/rt_protos"
             )
         number, by_name = matches[0], True
-    if not 0 <= number <= 255:
-        raise ConfigError("PROTOCOL", value or "", "must be between 5 and 255")
-    if number in KERNEL_PROTOCOLS:
-        raise ConfigError(
-            "PROTOCOL",
-            value or str(number),
-            f"{number} is the kernel's own protocol {KERNEL_PROTOCOLS[number]!r}; "
-            "use a number between 5 and 255 (default 202)",
-        )
+    try:
+        check_protocol(number)  # the rule lives in the core: 0-4 are the kernel's
+    except InputError as e:
+        raise ConfigError("PROTOCOL", value or str(number), str(e)) from None
     owner = names.get(number)
     if owner is not None and not by_name:
         warnings.append(
@@ -193,29 +187,6 @@ def parse_protocol(value: str | None, names: Mapping[int, str], warnings: list[s
             "routing daemon does not run here, or choose another number"
         )
     return number
-
-
-def read_rt_protos(
-    files: Sequence[str] = RT_PROTOS_FILES, dirs: Sequence[str] = RT_PROTOS_DIRS
-) -> dict[int, str]:
-    """Number -> name from iproute2's rt_protos files (and ``rt_protos.d/*.conf``)."""
-    paths = [*files, *(p for d in dirs for p in sorted(glob.glob(os.path.join(d, "*.conf"))))]
-    out: dict[int, str] = {}
-    for path in paths:
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                text = f.read()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            fields = line.split("#", 1)[0].split()
-            if len(fields) >= 2:
-                try:
-                    number = int(fields[0], 0)
-                except ValueError:
-                    continue
-                out.setdefault(number, fields[1])
-    return out
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")

@@ -1,10 +1,12 @@
 """The router daemon as a service: wires a node source, the compact cache, a route table
-bound to our protocol, a kernel route monitor, the reconciler and the status server.
+bound to our protocol (whose tracker is the kernel monitor), the reconciler and the
+status server.
 
-Threads: ``source`` (LIST+WATCH or file polling into the cache), ``monitor`` (netlink
-route events of our protocol -> reconcile), ``reconciler`` (the loop) and ``http``. The
-caller's thread waits for a stop request (SIGTERM/SIGINT or ``Daemon.stop``). Stopping
-never touches routes: a restarted daemon finds them in place and only fixes differences.
+Threads: ``source`` (LIST+WATCH or file polling into the cache), ``monitor`` (the route
+table's tracker: kernel events that can change our routes -> reconcile), ``reconciler``
+(the loop) and ``http``. The caller's thread waits for a stop request (SIGTERM/SIGINT or
+``Daemon.stop``). Stopping never touches routes: a restarted daemon finds them in place
+and only fixes differences.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
-from xcluster_cni_lib.core.ports import NodeSource, RouteTable
+from xcluster_cni_lib.core.ports import KernelMonitor, NodeSource, RouteTable
 from xcluster_cni_lib.daemon.config import DaemonConfig, format_address
 from xcluster_cni_lib.daemon.http import StatusServer
 from xcluster_cni_lib.support import jsonlog
@@ -30,10 +32,8 @@ STOP_DEADLINE = 1.5  # seconds to wait for threads on stop (the contract is "wit
 LIVENESS_STALE = 30.0  # the reconcile loop must tick at least this often to be healthy
 
 
-class Monitor(Protocol):
-    """What the daemon needs of a kernel route monitor (``netlink.RouteMonitor``)."""
-
-    def run(self, on_change: Callable[[], None], stop: threading.Event) -> None: ...
+#: What the daemon needs of a kernel monitor (the route table's tracker by default).
+Monitor = KernelMonitor
 
 
 def make_source(config: DaemonConfig) -> NodeSource:
@@ -41,19 +41,12 @@ def make_source(config: DaemonConfig) -> NodeSource:
     if config.nodes_file is not None:
         from xcluster_cni_lib.sources.nodesfile import FileNodeSource
 
-        return FileNodeSource(
-            config.nodes_file,
-            cidr_annotation=config.cidr_annotation,
-            address_annotation=config.address_annotation,
-        )
-    from xcluster_cni_lib.sources.kube import KubeNodeSource, load_api_client
+        return FileNodeSource(config.nodes_file, annotations=config.annotations)
+    from xcluster_cni_lib.sources.kube import load_api_client
+    from xcluster_cni_lib.sources.watching import KubeNodeSource
 
     client = load_api_client(config.kubeconfig)
-    source: NodeSource = KubeNodeSource(
-        client,
-        cidr_annotation=config.cidr_annotation,
-        address_annotation=config.address_annotation,
-    )
+    source: NodeSource = KubeNodeSource(client, annotations=config.annotations)
     return source
 
 
@@ -77,16 +70,17 @@ class Daemon:
         self.stop_event = threading.Event()
         self.exit_code = 0
         self.metrics = DaemonMetrics()
-        self.cache = NodeCache(
-            cidr_annotation=config.cidr_annotation, address_annotation=config.address_annotation
-        )
+        self.cache = NodeCache()
         self.source = source if source is not None else make_source(config)
         if table is None:
-            from xcluster_cni_lib.kernel.netlink import NetlinkRouteTable, RouteMonitor
+            from xcluster_cni_lib.kernel.routetable import NetlinkRouteTable
 
             table = NetlinkRouteTable(config.protocol, netns=netns)
-            if monitor is None:
-                monitor = RouteMonitor(config.protocol, netns=netns)
+        if monitor is None:
+            track = getattr(table, "track", None)
+            if callable(track):
+                # the table's own tracker is the monitor: one kernel listener, one view
+                monitor = track()
         self.table = table
         self.monitor = monitor
         if machine_id is None:

@@ -1,10 +1,11 @@
-"""Atomic file operations of the installer.
+"""The installer's file operations, on top of ``support.atomicfile`` (the one atomic
+writer): every file appears whole or not at all, and unchanged files are not touched
+(same inode and mtime), so re-running the installer is free. A container runtime that
+runs a plugin, or reads a config, in the middle of an upgrade sees the old file or the
+new one, never a half-written one.
 
-Every file appears whole or not at all: it is written to a temporary name in the target
-directory, synced, then renamed over the target, and the directory is synced. A container
-runtime that runs a plugin, or reads a config, in the middle of an upgrade sees the old
-file or the new one, never a half-written one. Unchanged files are not touched (same
-inode and mtime), so re-running the installer is free.
+Here only what is the installer's own: content digests, a whole directory that appears
+at once (``copy_tree_atomic``), the clean-up of an interrupted run's temporaries.
 """
 
 from __future__ import annotations
@@ -17,9 +18,19 @@ import tempfile
 from pathlib import Path
 
 from xcluster_cni_lib.support import atomicfile
-from xcluster_cni_lib.support.atomicfile import TMP_PREFIX, fsync_dir
+from xcluster_cni_lib.support.atomicfile import TMP_PREFIX, fsync_dir, symlink_atomic
 
-CHUNK = 1 << 20
+__all__ = [
+    "copy_tree_atomic",
+    "file_digest",
+    "install_file",
+    "read_json",
+    "remove_stale_temporaries",
+    "symlink_atomic",
+    "write_atomic",
+]
+
+CHUNK = atomicfile.CHUNK
 
 
 def file_digest(path: Path) -> str:
@@ -31,66 +42,20 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
-    fsync_dir(directory)
-
-
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> bool:
     """Write ``data`` to ``path`` atomically with ``mode``; False (nothing written) when
     the file already has exactly this content and mode."""
     return atomicfile.write_atomic(path, data, mode=mode, skip_unchanged=True)
 
 
-def copy_atomic(src: Path, dst: Path, *, mode: int = 0o755) -> None:
-    """Copy ``src`` to ``dst`` atomically (temp file beside ``dst``, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=dst.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
-            shutil.copyfileobj(inp, out, CHUNK)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(dst.parent)
-
-
 def install_file(src: Path, dst: Path) -> str:
-    """Put executable ``src`` at ``dst`` unless ``dst`` already has the same content:
-    ``"unchanged"``, ``"installed"`` (new) or ``"replaced"`` (another version was there)."""
+    """Put executable ``src`` at ``dst`` (mode 0755) unless ``dst`` already has the same
+    content: ``"unchanged"``, ``"installed"`` (new) or ``"replaced"`` (another version or
+    a symlink was there)."""
     existed = dst.exists() or dst.is_symlink()
-    if existed and not dst.is_symlink() and dst.is_file() and file_digest(src) == file_digest(dst):
+    if not atomicfile.copy_atomic(src, dst, mode=0o755, skip_unchanged=True):
         return "unchanged"
-    copy_atomic(src, dst)
     return "replaced" if existed else "installed"
-
-
-def symlink_atomic(target: str, link: Path) -> bool:
-    """Make ``link`` a symlink to ``target`` by renaming a new symlink over it; False when
-    it already points there. Replaces a regular file of that name too."""
-    try:
-        if link.is_symlink() and os.readlink(link) == target:
-            return False
-    except OSError:
-        pass
-    for _ in range(100):
-        tmp = link.parent / f"{TMP_PREFIX}{os.urandom(6).hex()}"
-        try:
-            os.symlink(target, tmp)
-            break
-        except FileExistsError:
-            continue
-    else:  # pragma: no cover - 100 random collisions
-        raise FileExistsError(f"cannot create a temporary symlink in {link.parent}")
-    try:
-        os.replace(tmp, link)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(link.parent)
-    return True
 
 
 def _fsync_tree(root: Path) -> None:
@@ -101,7 +66,7 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(directory))
+        fsync_dir(Path(directory))
 
 
 def copy_tree_atomic(src: Path, dst: Path) -> bool:
@@ -119,7 +84,7 @@ def copy_tree_atomic(src: Path, dst: Path) -> bool:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(dst.parent)
+    fsync_dir(dst.parent)
     return True
 
 

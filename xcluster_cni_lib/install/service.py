@@ -19,14 +19,33 @@ import attrs
 from xcluster_cni_lib.core.errors import InputError
 from xcluster_cni_lib.core.facts import extract_facts
 from xcluster_cni_lib.core.mtu import choose_mtu
-from xcluster_cni_lib.core.values import InterfaceAddress
+from xcluster_cni_lib.core.values import Annotations, InterfaceAddress
 from xcluster_cni_lib.install import files, plan
+from xcluster_cni_lib.support import jsonlog
+from xcluster_cni_lib.support.kubeconfig import SERVICE_ACCOUNT_DIR
 
 BUNDLE_HOME = "xcluster-cni"  # directory in the CNI bin dir holding the bundle versions
 CURRENT = "current"  # symlink in BUNDLE_HOME to the version in use
 LAUNCHER = "xcluster-cni-plugin"
 BUNDLE_INFO = "BUNDLE.json"
-SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+# Every environment variable ``xcluster-cni install`` reads (docs/install.md).
+INSTALL_ENV = frozenset(
+    {
+        "NODE_NAME",
+        "INSTALL_K8S_NET",
+        "ADDRESS_ANNOTATION",
+        "MTU",
+        "KUBERNETES_SERVICE_HOST",
+        "KUBERNETES_SERVICE_PORT",
+        "HOST_CNI_CONF_DIR",
+        "LOG_LEVEL",
+        "KUBECONFIG",
+    }
+)
+DEFAULT_HOST_CONF_DIR = "/etc/cni/net.d"
+
+log = jsonlog.get_logger("xcluster_cni_lib.install")
 
 
 @attrs.frozen
@@ -226,6 +245,45 @@ def run_install(
     return actions
 
 
+def address_annotation_setting(value: str | None, env: Mapping[str, str]) -> str | None:
+    """The address annotation: ``value`` (a flag) when given, else ``ADDRESS_ANNOTATION``;
+    empty means none. A key the daemon would refuse raises ``InputError`` (same rule)."""
+    value = value if value is not None else env.get("ADDRESS_ANNOTATION")
+    return Annotations(address=value or None).address
+
+
+def settings_from_env(
+    env: Mapping[str, str], *, host_conf_dir: str | None = None, mtu: str | None = None
+) -> plan.InstallSettings:
+    """The installer's settings from its environment (``INSTALL_ENV``); ``host_conf_dir``
+    and ``mtu`` are flags that win over ``HOST_CNI_CONF_DIR`` and ``MTU``. ``InputError``
+    names a bad value."""
+    return plan.InstallSettings(
+        node_name=env.get("NODE_NAME", ""),
+        install_k8s_net=plan.parse_yes_no(
+            "INSTALL_K8S_NET", env.get("INSTALL_K8S_NET"), default=True
+        ),
+        host_conf_dir=host_conf_dir or env.get("HOST_CNI_CONF_DIR") or DEFAULT_HOST_CONF_DIR,
+        mtu=plan.parse_mtu("MTU", mtu if mtu is not None else env.get("MTU")),
+        address_annotation=address_annotation_setting(None, env),
+    )
+
+
+def mtu_detector(settings: plan.InstallSettings) -> Callable[[], int]:
+    """``detect_mtu`` for ``run_install``: this node's MTU from the API server and the
+    interfaces here; a warning (no interface holds the address) is logged."""
+
+    def detect() -> int:
+        mtu, warning = detect_mtu(
+            settings.node_name, address_annotation=settings.address_annotation
+        )
+        if warning:
+            log.warning(warning, node=settings.node_name)
+        return mtu
+
+    return detect
+
+
 def node_mtu(
     node: Mapping[str, Any],
     interfaces: Iterable[InterfaceAddress],
@@ -234,7 +292,7 @@ def node_mtu(
 ) -> tuple[int, str | None]:
     """``(mtu, warning)``: the MTU of the interface holding the node's address (the
     ``address_annotation`` value when configured, else the InternalIP)."""
-    facts = extract_facts(node, address_annotation=address_annotation)
+    facts = extract_facts(node, annotations=Annotations(address=address_annotation))
     address = plan.node_address(facts, address_annotation=address_annotation)
     return choose_mtu(address, interfaces)
 
@@ -248,7 +306,7 @@ def detect_mtu(
 ) -> tuple[int, str | None]:
     """``node_mtu`` for the Node named ``node_name`` read from the API server, against
     the interfaces of this network namespace (or ``netns``)."""
-    from xcluster_cni_lib.kernel import netlink
+    from xcluster_cni_lib.kernel.links import list_interface_addresses
     from xcluster_cni_lib.sources import kube
 
     if not node_name:
@@ -257,6 +315,4 @@ def detect_mtu(
     node = kube.get_node(client, node_name)
     if node is None:
         raise InputError(f"node {node_name} does not exist")
-    return node_mtu(
-        node, netlink.list_interface_addresses(netns), address_annotation=address_annotation
-    )
+    return node_mtu(node, list_interface_addresses(netns), address_annotation=address_annotation)

@@ -1,9 +1,10 @@
 """A small rtnetlink codec built on ``struct``: route, address and link messages.
 
-This is the hot path of ``netlink``: encoding thousands of RTM_NEWROUTE messages into one
-buffer, and decoding route dumps and acknowledgements, costs a few microseconds per route
-here (a generic marshaller costs tens). It does no I/O and imports neither ``pyroute2`` nor
-anything outside the standard library; the socket lives in ``netlink``.
+This is the hot path of the route table (``routetable``): encoding thousands of
+RTM_NEWROUTE messages into one buffer, and decoding route dumps and acknowledgements,
+costs a few microseconds per route here (a generic marshaller costs tens). It does no
+I/O and imports neither ``pyroute2`` nor anything outside the standard library; the
+socket lives in ``channel``.
 
 Layouts (all host byte order, attributes 4-byte aligned), from ``linux/netlink.h`` and
 ``linux/rtnetlink.h``::
@@ -86,6 +87,9 @@ RT_TABLE_MAIN = 254
 RTM_F_CLONED = 0x200
 RTM_F_LOOKUP_TABLE = 0x1000  # RTM_GETROUTE: the answer names the table that matched
 RTM_F_FIB_MATCH = 0x2000  # RTM_GETROUTE: answer with the matching route, not a dst entry
+
+# link flags (ifinfomsg.ifi_flags)
+IFF_UP = 0x1
 
 # address and link attributes
 IFA_ADDRESS = 1
@@ -328,6 +332,7 @@ class RouteMessage(NamedTuple):
     priority: int | None
     multipath: bool
     nl_flags: int = 0  # the netlink header's flags (NLM_F_REPLACE in a change event)
+    oif: int = 0  # RTA_OIF: the interface index the route goes out of (0: none, multipath)
 
 
 def parse_route(buf: bytes | bytearray | memoryview, header: Header) -> RouteMessage:
@@ -338,6 +343,7 @@ def parse_route(buf: bytes | bytearray | memoryview, header: Header) -> RouteMes
     dst = gateway = None
     priority = None
     multipath = False
+    oif = 0
     offset = header.start + _RTMSG.size
     end = header.end
     unpack = _ATTR.unpack_from
@@ -353,6 +359,8 @@ def parse_route(buf: bytes | bytearray | memoryview, header: Header) -> RouteMes
             table = _U32.unpack_from(buf, offset + 4)[0]
         elif atype == RTA_PRIORITY:
             priority = _U32.unpack_from(buf, offset + 4)[0]
+        elif atype == RTA_OIF:
+            oif = _U32.unpack_from(buf, offset + 4)[0]
         elif atype in (RTA_MULTIPATH, RTA_VIA):
             multipath = True
         offset += (alen + 3) & ~3
@@ -369,6 +377,7 @@ def parse_route(buf: bytes | bytearray | memoryview, header: Header) -> RouteMes
         priority,
         multipath,
         header.flags,
+        oif,
     )
 
 
@@ -386,7 +395,7 @@ class AddressMessage(NamedTuple):
 
 
 def parse_address(buf: bytes | bytearray | memoryview, header: Header) -> AddressMessage:
-    """Decode an RTM_NEWADDR message."""
+    """Decode an RTM_NEWADDR/RTM_DELADDR message."""
     family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(buf, header.start)
     local = address = None
     for atype, start, end in _iter_attrs(buf, header.start + _IFADDRMSG.size, header.end):
@@ -405,7 +414,7 @@ class LinkMessage(NamedTuple):
 
 
 def parse_link(buf: bytes | bytearray | memoryview, header: Header) -> LinkMessage:
-    """Decode an RTM_NEWLINK message."""
+    """Decode an RTM_NEWLINK/RTM_DELLINK message."""
     _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(buf, header.start)
     name = ""
     mtu = 0

@@ -5,7 +5,8 @@ own test harnesses. See ``docs/lab.md``.
 Modules: ``spec`` (what to build, pure), ``nodes`` (Node objects and the nodes file),
 ``topology`` (namespaces and links), ``daemons``, ``pods``, ``routes``, ``connectivity``,
 ``cleanup`` (tear-down, also after a crash), ``cluster`` (``Lab``), ``report`` and ``demo``
-(the CLI's output), ``fixtures`` (pytest).
+(the CLI's output), ``commands`` (what ``xcluster-cni lab up|status|down|demo`` do),
+``fixtures`` (pytest).
 """
 
 from xcluster_cni_lib.lab.cluster import Lab

@@ -25,7 +25,7 @@ from typing import Any
 
 from xcluster_cni_lib.lab.nodes import write_json_atomically
 from xcluster_cni_lib.lab.shell import list_netns, netns_pids, run
-from xcluster_cni_lib.lab.spec import LabError, check_lab_name, state_file
+from xcluster_cni_lib.lab.spec import DEFAULT_PREFIX, LabError, check_lab_name, state_file
 
 
 def save_state(state_dir: Path, state: dict[str, Any]) -> None:
@@ -141,14 +141,24 @@ def interrupt_on_termination() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+def _prefix_flag(prefix: str) -> str:
+    return "" if prefix == DEFAULT_PREFIX else f" --prefix {prefix}"
+
+
 def lab_status(prefix: str, lab_id: str, state_root: Path) -> list[str]:
-    """A readable summary of one lab: its namespaces, daemons and their routes."""
+    """A readable summary of one lab: its namespaces, daemons and their routes.
+    ``LabError`` when the lab has neither a namespace nor a state dir."""
     check_lab_name("prefix", prefix)
     check_lab_name("lab id", lab_id)
     state_dir = state_root / f"{prefix}-{lab_id}"
     state = load_state(state_dir)
     ns_prefix = f"{prefix}-{lab_id}-"
     namespaces = sorted(n for n in list_netns() if n.startswith(ns_prefix))
+    if not namespaces and not state_dir.is_dir():
+        raise LabError(
+            f"no lab {lab_id!r}: no namespace {ns_prefix}* and no state dir {state_dir} "
+            f"(list the labs with: xcluster-cni lab status{_prefix_flag(prefix)})"
+        )
     owner = state.get("owner_pid")
     lines = [f"lab {lab_id}: {len(namespaces)} namespaces, state {state_dir}"]
     if not state:

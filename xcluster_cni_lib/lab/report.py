@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from xcluster_cni_lib.core.values import Route
 from xcluster_cni_lib.lab.connectivity import Matrix
+
+if TYPE_CHECKING:
+    from xcluster_cni_lib.lab.cluster import Lab
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
@@ -54,3 +58,28 @@ def summary(matrix: Matrix) -> str:
     if not failed:
         return f"all {total} paths OK"
     return f"{failed} of {total} paths FAILED"
+
+
+def up_lines(lab: Lab) -> list[str]:
+    """What ``xcluster-cni lab up`` prints about a lab that is up: where its state is,
+    every node and pod with its namespace and addresses, a ping to try, how to stop it."""
+    spec = lab.spec
+    lines = [f"lab {spec.lab_id} is up; state, nodes file and logs in {spec.state_dir}"]
+    for node in lab.nodes.values():
+        addrs = "  ".join(f"{net}: {', '.join(map(str, a))}" for net, a in node.addresses.items())
+        lines.append(f"  node {node.name:4} netns {node.namespace:20} {addrs}")
+    for pod in sorted(lab.pods.values(), key=lambda p: p.name):
+        addrs = "  ".join(f"{net}: {', '.join(map(str, a))}" for net, a in pod.addresses.items())
+        lines.append(f"  pod  {pod.name:9} netns {pod.netns:20} {addrs}")
+    lines.append(f"try: ip netns exec {spec.namespace('n1-pod1')} ping {_first_remote(lab)}")
+    lines.append(f"stop it with: {spec.down_command}")
+    return lines
+
+
+def _first_remote(lab: Lab) -> str:
+    """The main-network IPv4 address of the first pod not on ``n1``."""
+    for pod in lab.pods.values():
+        address = pod.address(lab.spec.main.name, 4)
+        if pod.node != "n1" and address is not None:
+            return str(address)
+    return "127.0.0.1"

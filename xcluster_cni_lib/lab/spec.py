@@ -11,6 +11,7 @@ network's pod ranges.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import secrets
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import Any
 import attrs
 
 from xcluster_cni_lib.core.errors import XclusterError
-from xcluster_cni_lib.core.values import IPAddress, IPNetwork
+from xcluster_cni_lib.core.values import Annotations, IPAddress, IPNetwork
 
 DEFAULT_STATE_ROOT = Path("/run/xcluster-cni/lab")
 DEFAULT_PREFIX = "xcl"
@@ -50,6 +51,14 @@ def check_lab_name(what: str, value: str) -> str:
     return value
 
 
+def _path(value: str | os.PathLike[str]) -> Path:
+    return Path(value)
+
+
+def _optional_path(value: str | os.PathLike[str] | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
 def new_lab_id() -> str:
     """A short random lab id (a letter then five hex digits)."""
     return "l" + secrets.token_hex(3)[:5]
@@ -77,6 +86,11 @@ class NetworkSpec:
     address_annotation: str | None = None
     http_port: int = 9202  # the daemon's HTTP_ADDRESS port (127.0.0.1 in the node)
     mtu: int | None = None  # the bridge plugin's ``mtu`` (pod and bridge MTU)
+
+    @property
+    def annotations(self) -> Annotations:
+        """How this network's daemon reads the Node objects (``InputError`` for a bad key)."""
+        return Annotations(cidr=self.cidr_annotation, address=self.address_annotation)
 
     def node_address(self, index: int, family: int) -> IPAddress:
         """Node ``index``'s address of one family on this network's segment."""
@@ -128,21 +142,21 @@ SECONDARY = NetworkSpec(
 @attrs.frozen
 class LabSpec:
     """How to build a lab. Defaults: 3 nodes, 2 pods each, main and secondary network,
-    the real daemon and the ``kube-node`` IPAM."""
+    the real daemon and the ``kube-node`` IPAM. The directories (``state_root``,
+    ``bin_dir``, ``cni_bin_dir``) may be given as ``str`` or ``Path``; they are ``Path``."""
 
     nodes: int = attrs.field(default=3)
     pods_per_node: int = 2
     networks: tuple[NetworkSpec, ...] = (MAIN, SECONDARY)
     lab_id: str = attrs.field(factory=new_lab_id, validator=_check_name("lab id"))
     prefix: str = attrs.field(default=DEFAULT_PREFIX, validator=_check_name("prefix"))
-    state_root: Path = DEFAULT_STATE_ROOT
+    state_root: Path = attrs.field(default=DEFAULT_STATE_ROOT, converter=_path)
     start_daemons: bool = True
     ipam: str = "kube-node"  # or "host-local": the same ranges without the node file
     ipv4_namespaces: tuple[str, ...] | None = None  # kube-node's ``ipv4-namespaces``
-    bin_dir: Path | None = (
-        None  # where ``xcluster-cni`` and ``kube-node`` are; default: beside python
-    )
-    cni_bin_dir: Path = Path("/usr/lib/cni")
+    # where ``xcluster-cni`` and ``kube-node`` are; default: beside python
+    bin_dir: Path | None = attrs.field(default=None, converter=_optional_path)
+    cni_bin_dir: Path = attrs.field(default=Path("/usr/lib/cni"), converter=_path)
     log_level: str = "debug"
     resync_interval: float = 60.0
     cni_version: str = "1.0.0"

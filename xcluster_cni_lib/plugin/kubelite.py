@@ -3,19 +3,28 @@
 ``import kubernetes`` alone costs ~0.2 s, more than the whole plugin may take, so this
 module does the two requests the plugins need (GET one Node, paged LIST of Nodes) as
 plain HTTP/1.1 over ``socket`` and ``ssl`` (``http.client`` and ``urllib`` would add
-``email``, ``re`` and more: ~15 ms of imports). It reads a kubeconfig (JSON, or YAML via
-PyYAML imported lazily) or the in-cluster service account. Authentication it does not
-do (``exec`` and ``auth-provider`` plugins) raises ``Unsupported`` so callers can fall back
-to the full client (``xcluster_cni_lib.sources.kube``).
+``email``, ``re`` and more: ~15 ms of imports). The kubeconfig or in-cluster service
+account is read by ``support.kubeconfig``, the reader the daemon's client uses too:
+configuration problems (including ``exec``/``auth-provider`` credentials, which this
+project does not support) raise its ``KubeconfigError``; requests raise ``ApiError``.
+TLS trusts the configured CA only.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Mapping
 
 from xcluster_cni_lib.plugin import fastjson as json
+from xcluster_cni_lib.support.kubeconfig import (
+    SERVICE_ACCOUNT_DIR,
+    ClusterAccess,
+    KubeconfigError,
+    load_in_cluster,
+    load_kubeconfig,
+    split_server,
+    ssl_context,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,15 +32,23 @@ if TYPE_CHECKING:
     import ssl
     from typing import Any
 
-SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+__all__ = [
+    "SERVICE_ACCOUNT_DIR",
+    "ApiError",
+    "ConfigError",
+    "Endpoint",
+    "KubeconfigError",
+    "endpoint",
+    "from_access",
+    "from_kubeconfig",
+    "get_node",
+    "in_cluster",
+    "iter_nodes",
+    "quote",
+    "split_server",
+]
 
-
-class Unsupported(Exception):
-    """The kubeconfig needs something this client does not do; use the full client."""
-
-
-class ConfigError(Exception):
-    """The kubeconfig (or in-cluster environment) is missing or malformed."""
+ConfigError = KubeconfigError  # the one configuration error (the name callers used)
 
 
 class ApiError(Exception):
@@ -51,26 +68,9 @@ def quote(text: str) -> str:
     return "".join(c if c in _URL_SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in text)
 
 
-def split_server(server: str) -> tuple[bool, str, int, str]:
-    """``https://host:port/prefix`` -> (https, host, port, prefix). ConfigError if not."""
-    scheme, sep, rest = server.partition("://")
-    hostport, slash, path = rest.partition("/")
-    if not sep or scheme not in ("http", "https") or not hostport or "@" in hostport:
-        raise ConfigError(f"kubeconfig: server {server!r} is not an http(s) URL")
-    if hostport.startswith("["):
-        host, _, after = hostport[1:].partition("]")
-        port = after[1:] if after.startswith(":") else ""
-    else:
-        host, _, port = hostport.partition(":")
-    if not host or (port and not port.isdecimal()) or (port and not 0 < int(port) < 65536):
-        raise ConfigError(f"kubeconfig: server {server!r} has a bad host or port")
-    https = scheme == "https"
-    prefix = ("/" + path).rstrip("/") if slash else ""
-    return https, host, int(port) if port else (443 if https else 80), prefix
-
-
 class Endpoint:
-    """Where and how to reach the API server."""
+    """Where and how to reach the API server. ``server_name`` is the TLS name checked
+    (default: the host)."""
 
     def __init__(
         self,
@@ -78,177 +78,35 @@ class Endpoint:
         *,
         headers: dict[str, str],
         ssl_context: ssl.SSLContext | None = None,
+        server_name: str | None = None,
     ) -> None:
         self.server = server
         self.https, self.host, self.port, self.prefix = split_server(server)
         self.headers = headers
         self.ssl_context = ssl_context
+        self.server_name = server_name or self.host
 
 
-def _load_doc(path: str) -> Mapping[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(f"kubeconfig {path}: cannot read: {e.strerror or e}") from None
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        import yaml
-
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"kubeconfig {path}: not JSON or YAML: {e}") from None
-    if not isinstance(doc, Mapping):
-        raise ConfigError(f"kubeconfig {path}: not a kubeconfig object")
-    return doc
-
-
-def _entries(doc: Mapping[str, Any], section: str) -> list[Mapping[str, Any]]:
-    value = doc.get(section)
-    items = value if isinstance(value, list) else []
-    return [e for e in items if isinstance(e, Mapping)]
-
-
-def _named(doc: Mapping[str, Any], section: str, name: object, path: str) -> Mapping[str, Any]:
-    for entry in _entries(doc, section):
-        if isinstance(entry, Mapping) and entry.get("name") == name:
-            inner = entry.get(section[:-1])
-            return inner if isinstance(inner, Mapping) else {}
-    raise ConfigError(f"kubeconfig {path}: no {section[:-1]} named {name!r}")
-
-
-def _read_text(path: str, what: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
-
-
-def _private_file(data: bytes) -> str:
-    """A 0600 temp file holding ``data`` (ssl loads client keys only from paths)."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
-    for attempt in range(100):
-        path = os.path.join(base, f".kubelite-{os.getpid()}-{time.monotonic_ns()}-{attempt}")
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            continue
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return path
-    raise ConfigError("cannot create a private temp file for client credentials")
-
-
-def _b64(value: object, what: str) -> bytes:
-    import base64
-    import binascii
-
-    if not isinstance(value, str):
-        raise ConfigError(f"kubeconfig: {what} is not a string")
-    try:
-        return base64.b64decode(value, validate=False)
-    except (binascii.Error, ValueError):
-        raise ConfigError(f"kubeconfig: {what} is not base64") from None
+def from_access(access: ClusterAccess) -> Endpoint:
+    """An Endpoint for a ``ClusterAccess`` (the token file is read now)."""
+    authorization = access.authorization()
+    headers = {"Authorization": authorization} if authorization else {}
+    return Endpoint(
+        access.server,
+        headers=headers,
+        ssl_context=ssl_context(access) if access.https else None,
+        server_name=access.tls_server_name,
+    )
 
 
 def from_kubeconfig(path: str) -> Endpoint:
-    """An Endpoint for the current context of a kubeconfig file."""
-    doc = _load_doc(path)
-    base = os.path.dirname(os.path.abspath(path))
-
-    def resolve(p: object) -> str:
-        if not isinstance(p, str) or not p:
-            raise ConfigError(f"kubeconfig {path}: bad file name {p!r}")
-        return p if os.path.isabs(p) else os.path.join(base, p)
-
-    context_name = doc.get("current-context")
-    if context_name:
-        context = _named(doc, "contexts", context_name, path)
-    else:
-        contexts = _entries(doc, "contexts")
-        if len(contexts) != 1:
-            raise ConfigError(f"kubeconfig {path}: no current-context")
-        inner = contexts[0].get("context")
-        context = inner if isinstance(inner, Mapping) else {}
-    cluster = _named(doc, "clusters", context.get("cluster"), path)
-    user: Mapping[str, Any] = {}
-    if context.get("user"):
-        user = _named(doc, "users", context.get("user"), path)
-    if "exec" in user or "auth-provider" in user:
-        raise Unsupported(f"kubeconfig {path}: exec/auth-provider credentials")
-
-    server = cluster.get("server")
-    if not isinstance(server, str) or not server:
-        raise ConfigError(f"kubeconfig {path}: cluster has no server")
-    headers: dict[str, str] = {}
-    token = user.get("token")
-    if not token and user.get("tokenFile"):
-        token = _read_text(resolve(user["tokenFile"]), "tokenFile").strip()
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    elif user.get("username") and user.get("password"):
-        import base64
-
-        pair = f"{user['username']}:{user['password']}".encode()
-        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
-
-    if not server.startswith("https:"):
-        return Endpoint(server, headers=headers)
-    import ssl
-
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    try:
-        if cluster.get("insecure-skip-tls-verify"):
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        elif cluster.get("certificate-authority-data"):
-            cadata = _b64(cluster["certificate-authority-data"], "certificate-authority-data")
-            ctx.load_verify_locations(cadata=cadata.decode("ascii", "replace"))
-        elif cluster.get("certificate-authority"):
-            ctx.load_verify_locations(cafile=resolve(cluster["certificate-authority"]))
-        _load_client_cert(ctx, user, resolve)
-    except (ssl.SSLError, OSError, ValueError) as e:
-        raise ConfigError(f"kubeconfig {path}: TLS settings: {e}") from None
-    return Endpoint(server, headers=headers, ssl_context=ctx)
-
-
-def _load_client_cert(ctx: ssl.SSLContext, user: Mapping[str, Any], resolve: Any) -> None:
-    cert, key = user.get("client-certificate-data"), user.get("client-key-data")
-    cert_file, key_file = user.get("client-certificate"), user.get("client-key")
-    if not (cert or cert_file):
-        return
-    temps: list[str] = []
-    try:
-        if cert:
-            cert_file = _private_file(_b64(cert, "client-certificate-data"))
-            temps.append(cert_file)
-        else:
-            cert_file = resolve(cert_file)
-        if key:
-            key_file = _private_file(_b64(key, "client-key-data"))
-            temps.append(key_file)
-        elif key_file:
-            key_file = resolve(key_file)
-        ctx.load_cert_chain(cert_file, key_file or None)
-    finally:
-        for t in temps:
-            os.unlink(t)
+    """An Endpoint for the current context of a kubeconfig file (or ``:``-list)."""
+    return from_access(load_kubeconfig(path, loads=json.loads))
 
 
 def in_cluster(env: Mapping[str, str], *, sa_dir: str = SERVICE_ACCOUNT_DIR) -> Endpoint:
     """An Endpoint from ``KUBERNETES_SERVICE_HOST``/``_PORT`` and the service account."""
-    import ssl
-
-    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
-    if not host or not port:
-        raise ConfigError("no kubeconfig and not in a cluster (KUBERNETES_SERVICE_HOST/PORT unset)")
-    token = _read_text(os.path.join(sa_dir, "token"), "service account token").strip()
-    ctx = ssl.create_default_context(cafile=os.path.join(sa_dir, "ca.crt"))
-    server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
-    return Endpoint(server, headers={"Authorization": f"Bearer {token}"}, ssl_context=ctx)
+    return from_access(load_in_cluster(env, sa_dir=sa_dir))
 
 
 def endpoint(kubeconfig: str | None, env: Mapping[str, str]) -> Endpoint:
@@ -321,6 +179,8 @@ def request(ep: Endpoint, path: str, *, timeout: float) -> tuple[int, bytes]:
     ]
     # An ASCII host as bytes skips the "idna" codec (and its ``re``, ``unicodedata``).
     name: str | bytes = ep.host.encode("ascii") if ep.host.isascii() else ep.host
+    sni = ep.server_name
+    tls_name: str | bytes = sni.encode("ascii") if sni.isascii() else sni
     try:
         sock = socket.create_connection((name, ep.port), timeout=timeout)  # type: ignore[arg-type]
         try:
@@ -328,7 +188,7 @@ def request(ep: Endpoint, path: str, *, timeout: float) -> tuple[int, bytes]:
                 import ssl
 
                 ctx = ep.ssl_context or ssl.create_default_context()
-                sock = ctx.wrap_socket(sock, server_hostname=name)
+                sock = ctx.wrap_socket(sock, server_hostname=tls_name)
             sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
             data = _read_all(sock, deadline)
         finally:

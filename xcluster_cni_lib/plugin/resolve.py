@@ -1,9 +1,12 @@
 """Cache misses: find the own Node (nodes file or API server) and build host-local ranges.
 
-Imported only on a cache miss (and by STATUS without a cache). It parses addresses with
-``ipaddress`` directly rather than through ``core.addresses``/``core.facts``, because those
-import ``attrs`` (about 15 ms), a fifth of the cache-miss budget; the rules are the same:
-IPv4-mapped IPv6 counts as IPv4, host bits are masked off.
+Imported only on a cache miss (and by STATUS without a cache), never on a cache hit. The
+rules come from the core, the same code the router daemon runs, so the two cannot
+disagree (``docs/node-data.md``): which pod CIDRs a node has (``core.nodes``: the daemon
+routes to exactly the CIDRs ``kube-node`` allocates from, and a node the daemon skips is
+refused here with the same reason), canonical CIDRs and addresses (``core.addresses``) and
+which node is this one (``core.ownnode``). Importing the core costs ``attrs`` (about
+15 ms), paid once per node and network when the cache is built.
 """
 
 from __future__ import annotations
@@ -12,6 +15,12 @@ import ipaddress
 import os
 from collections.abc import Iterable, Mapping
 
+from xcluster_cni_lib.core.addresses import parse_address, parse_cidr
+from xcluster_cni_lib.core.errors import InputError, InvalidNode
+from xcluster_cni_lib.core.facts import node_annotation, node_name
+from xcluster_cni_lib.core.nodes import ADDRESSES_KEY, LONGEST_POD_CIDR, parse_node, pod_cidrs
+from xcluster_cni_lib.core.ownnode import find_own_object
+from xcluster_cni_lib.core.values import Annotations, annotation_key_problem
 from xcluster_cni_lib.plugin import fastjson as json
 from xcluster_cni_lib.plugin.cache import FORMAT, RANGE_KEYS, RangeSet, digest
 from xcluster_cni_lib.plugin.config import NODE_NAME_FILE, IpamConfig
@@ -22,6 +31,8 @@ from xcluster_cni_lib.plugin.protocol import (
     TRY_AGAIN_LATER,
     CniError,
 )
+from xcluster_cni_lib.support.hostinfo import MACHINE_ID_PATH, read_machine_id
+from xcluster_cni_lib.support.nodelist import load_node_list
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,34 +40,9 @@ if TYPE_CHECKING:
 
     from xcluster_cni_lib.plugin.log import Log
 
-MACHINE_ID_FILE = "/etc/machine-id"
 # Where the installer puts the plugins' kubeconfig (``install.plan``): used when neither the
 # config nor KUBECONFIG names one and we are not in a pod, e.g. for a Multus NAD.
 DEFAULT_KUBECONFIG = "/etc/cni/net.d/xcluster-cni-kubeconfig"
-_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
-_MAX_PREFIX = {4: 30, 6: 126}  # host-local rejects /31, /32, /127, /128
-
-
-def canonical_cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """A CIDR in canonical form (ValueError on anything else)."""
-    s = text.strip()
-    addr, sep, prefix = s.partition("/")
-    if not sep or not prefix.isdecimal() or not addr:
-        raise ValueError(f"not a CIDR: {text!r}")
-    net = ipaddress.ip_network(f"{addr}/{int(prefix)}", strict=False)
-    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.subnet_of(_MAPPED):
-        mapped = net.network_address.ipv4_mapped
-        assert mapped is not None
-        return ipaddress.IPv4Network(f"{mapped}/{net.prefixlen - 96}", strict=False)
-    return net
-
-
-def canonical_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """An address in canonical form (ValueError on anything else)."""
-    addr = ipaddress.ip_address(text.strip())
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
 
 
 def validate_ranges(ranges: object) -> list[RangeSet]:
@@ -78,7 +64,7 @@ def validate_ranges(ranges: object) -> list[RangeSet]:
             net = ipaddress.ip_network(r["subnet"])  # strict: host bits must be clear
             if str(net) != r["subnet"]:
                 raise ValueError(f"subnet {r['subnet']} is not in canonical form ({net})")
-            if net.prefixlen > _MAX_PREFIX[net.version]:
+            if net.prefixlen > LONGEST_POD_CIDR[net.version]:  # host-local needs room
                 raise ValueError(f"subnet {net} is too small")
             for key in ("rangeStart", "rangeEnd", "gateway"):
                 if key in r and ipaddress.ip_address(r[key]) not in net:
@@ -128,36 +114,16 @@ def own_node_name(conf: IpamConfig, env: Mapping[str, str]) -> tuple[str, str]:
     return "", "machine-id"
 
 
-def _machine_id(node: Mapping[str, Any]) -> str:
-    info = (node.get("status") or {}).get("nodeInfo") or {}
-    value = info.get("machineID") if isinstance(info, Mapping) else None
-    return value if isinstance(value, str) else ""
-
-
-def _name(node: Mapping[str, Any]) -> str:
-    name = (node.get("metadata") or {}).get("name")
-    return name if isinstance(name, str) else ""
-
-
-def _pick(nodes: Iterable[dict[str, Any]], name: str, machine_id: str) -> dict[str, Any] | None:
-    """The node named ``name``, or (without a name) the one node with this machine-id,
-    compared as ``core.ownnode.find_own`` does (stripped, any case; several: an error).
-    Only the match is kept while ``nodes`` streams by."""
-    if name:
-        return next((n for n in nodes if _name(n) == name), None)
-    wanted = machine_id.strip().lower()
-    found: dict[str, Any] | None = None
-    for node in nodes:
-        if wanted and _machine_id(node).strip().lower() == wanted:
-            if found is not None:
-                raise CniError(
-                    NODE_NOT_FOUND,
-                    f"machine-id {wanted} belongs to several nodes "
-                    f"({_name(found)}, {_name(node)}, ...)",
-                    "set ipam nodeName or NODE_NAME",
-                )
-            found = node
-    return found
+def _pick(
+    nodes: Iterable[Mapping[str, Any]], name: str, machine_id: str
+) -> Mapping[str, Any] | None:
+    """The own node among ``nodes`` by ``core.ownnode``'s rule (the daemon's): the node
+    named ``name``, or without a name the one node with this machine id. Streamed: only
+    the match is kept. Several nodes with this machine id: ``NODE_NOT_FOUND``."""
+    try:
+        return find_own_object(nodes, name=name or None, machine_id=machine_id or None)
+    except InputError as e:
+        raise CniError(NODE_NOT_FOUND, str(e), "set ipam nodeName or NODE_NAME") from None
 
 
 def _not_found(name: str, source: str, machine_id: str, where: str) -> CniError:
@@ -171,24 +137,22 @@ def _not_found(name: str, source: str, machine_id: str, where: str) -> CniError:
     )
 
 
-def fetch_own_node(conf: IpamConfig, env: Mapping[str, str], log: Log) -> dict[str, Any]:
-    """The own Node object. CniError: 101 not found, 11 API unreachable, 7 bad kubeconfig."""
+def fetch_own_node(conf: IpamConfig, env: Mapping[str, str], log: Log) -> Mapping[str, Any]:
+    """The own Node object. CniError: 101 not found, 11 API unreachable, 7 bad kubeconfig
+    or nodes file."""
     name, source = own_node_name(conf, env)
     machine_id = ""
     if not name:
-        machine_id = _read_first_line(MACHINE_ID_FILE)
+        machine_id = read_machine_id() or ""
         if not machine_id:
             raise CniError(
                 NODE_NOT_FOUND,
                 f"cannot tell the own node: no nodeName, NODE_NAME, {NODE_NAME_FILE} "
-                f"file and no {MACHINE_ID_FILE}",
+                f"file and no {MACHINE_ID_PATH}",
             )
-    log.debug(f"own node {name or 'machine-id ' + machine_id} (from {source})")
+    log.debug(f"own node lookup: node={name or '?'} machine_id={machine_id or '?'} from={source}")
 
     if conf.nodes_file:
-        from xcluster_cni_lib.core.errors import InputError
-        from xcluster_cni_lib.sources.nodesfile import load_node_list
-
         try:
             nodes = load_node_list(conf.nodes_file)
         except InputError as e:
@@ -202,23 +166,18 @@ def fetch_own_node(conf: IpamConfig, env: Mapping[str, str], log: Log) -> dict[s
 
 def _fetch_from_api(
     conf: IpamConfig, env: Mapping[str, str], name: str, source: str, machine_id: str
-) -> dict[str, Any]:
+) -> Mapping[str, Any]:
     from xcluster_cni_lib.plugin import kubelite
 
+    kubeconfig = kubeconfig_path(conf, env)
     try:
-        ep = kubelite.endpoint(kubeconfig_path(conf, env), env)
-    except kubelite.Unsupported:
-        if not name:
-            raise CniError(
-                NODE_NOT_FOUND,
-                "the machine-id search needs a kubeconfig without exec/auth-provider",
-                "name the node with ipam nodeName or NODE_NAME",
-            ) from None
-        return _fetch_with_full_client(conf, env, name, source)
-    except (kubelite.ConfigError, OSError, ValueError) as e:
-        raise CniError(
-            INVALID_CONFIG, f"kubeconfig: {e}", conf.kubeconfig or "in-cluster"
-        ) from None
+        ep = kubelite.endpoint(kubeconfig, env)
+    except kubelite.ConfigError as e:  # names the file and what in it is unsupported or wrong
+        raise CniError(INVALID_CONFIG, str(e), kubeconfig or "in-cluster") from None
+    except (OSError, ValueError) as e:
+        where = f"kubeconfig {kubeconfig}" if kubeconfig else "in-cluster configuration"
+        raise CniError(INVALID_CONFIG, f"{where}: {e}", kubeconfig or "in-cluster") from None
+    found: Mapping[str, Any] | None
     try:
         if name:
             found = kubelite.get_node(ep, name, timeout=conf.timeout)
@@ -231,22 +190,6 @@ def _fetch_from_api(
     return found
 
 
-def _fetch_with_full_client(
-    conf: IpamConfig, env: Mapping[str, str], name: str, source: str
-) -> dict[str, Any]:
-    import importlib
-
-    kube: Any = importlib.import_module("xcluster_cni_lib.sources.kube")
-    try:
-        client = kube.load_api_client(kubeconfig_path(conf, env), timeout=conf.timeout)
-        found = kube.get_node(client, name)
-    except Exception as e:  # the full client raises many types; all mean "not now"
-        raise CniError(TRY_AGAIN_LATER, f"API server: {e}") from None
-    if found is None:
-        raise _not_found(name, source, "", "the API server")
-    return dict(found)
-
-
 # --- ranges ---------------------------------------------------------------------------
 
 
@@ -254,54 +197,52 @@ def _unusable(node: str, reason: str, key: str, value: object) -> CniError:
     return CniError(NODE_UNUSABLE, f"node {node}: {reason}", f"{key}={value!r}")
 
 
-def _annotation(node: Mapping[str, Any], key: str) -> str | None:
-    annotations = (node.get("metadata") or {}).get("annotations") or {}
-    value = annotations.get(key) if isinstance(annotations, Mapping) else None
-    return value if isinstance(value, str) else None
+def _refused(e: InvalidNode) -> CniError:
+    """A node the daemon skips, refused with the daemon's reason."""
+    details = "" if e.key is None else e.key if e.value is None else f"{e.key}={e.value!r}"
+    return CniError(NODE_UNUSABLE, f"node {e.node}: {e.reason}", details)
+
+
+def _annotation_key(key: str) -> str:
+    problem = annotation_key_problem(key)
+    if problem is not None:
+        raise CniError(INVALID_CONFIG, f"ipam config: annotation {key!r}: {problem}")
+    return key
 
 
 def node_subnets(
-    node: Mapping[str, Any], annotation: str | None
+    node: Mapping[str, Any], annotation: str | None, log: Log | None = None
 ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """kube-node: the node's subnets (annotation or ``spec.podCIDRs``), validated: at most
-    one per family, at most two, big enough for host-local. IPv4 first."""
-    name = _name(node) or "?"
-    if annotation:
-        text = _annotation(node, annotation)
-        if text is None:
-            raise _unusable(name, f"has no annotation {annotation}", "annotation", annotation)
-        items, key = text.split(","), f"annotation {annotation}"
-        value: object = text
-    else:
-        spec = node.get("spec") or {}
-        raw = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
-        if not isinstance(raw, list) or not raw:
-            raise _unusable(name, "has no pod CIDRs", "spec.podCIDRs", raw)
-        items, key, value = raw, "spec.podCIDRs", raw
-    subnets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    for item in items:
-        try:
-            net = canonical_cidr(item if isinstance(item, str) else "")
-        except ValueError:
-            raise _unusable(name, f"invalid subnet {item!r} in {key}", key, value) from None
-        if net.prefixlen > _MAX_PREFIX[net.version]:
-            raise _unusable(name, f"subnet {net} in {key} is too small", key, value)
-        if net.prefixlen == 0:
-            raise _unusable(name, f"{net} in {key} is a default route", key, value)
-        if any(s.version == net.version for s in subnets):
-            raise _unusable(name, f"two IPv{net.version} subnets in {key}", key, value)
-        subnets.append(net)
-    return sorted(subnets, key=lambda s: s.version)
+    """kube-node: the node's pod CIDRs (the annotation, else ``spec.podCIDRs``), IPv4
+    first, decided by ``core.nodes`` exactly as the router daemon decides them. A node
+    the daemon skips (or routes nothing to) raises ``NODE_UNUSABLE`` with its reason;
+    entries the daemon ignores are ignored here too (and logged)."""
+    annotations = Annotations(cidr=_annotation_key(annotation) if annotation else None)
+    try:
+        network = parse_node(node, annotations=annotations)
+    except InvalidNode as e:
+        raise _refused(e) from None
+    ignored = [str(p) for p in network.problems if p.key != ADDRESSES_KEY]
+    try:
+        subnets = pod_cidrs(network)
+    except InvalidNode as e:
+        raise CniError(NODE_UNUSABLE, f"node {e.node}: {e.reason}", "; ".join(ignored)) from None
+    if log is not None:
+        for text in ignored:
+            log.warning(f"node partly skipped: {text}")
+    return list(subnets)
 
 
-def kube_node_ranges(node: Mapping[str, Any], conf: IpamConfig) -> list[list[dict[str, str]]]:
+def kube_node_ranges(
+    node: Mapping[str, Any], conf: IpamConfig, log: Log | None = None
+) -> list[list[dict[str, str]]]:
     """host-local ranges from the node's subnets plus the per-family config keys."""
-    subnets = node_subnets(node, conf.annotation)
+    subnets = node_subnets(node, conf.annotation, log)
     ranges = [[{"subnet": str(s)}] for s in subnets]
     for key, values in conf.per_family.items():
         for text in values:
             try:
-                addr = canonical_address(text)
+                addr = parse_address(text)
             except ValueError:
                 raise CniError(
                     INVALID_CONFIG, f"ipam config: {key} is not an address", text
@@ -310,7 +251,7 @@ def kube_node_ranges(node: Mapping[str, Any], conf: IpamConfig) -> list[list[dic
             if i is None or addr not in subnets[i]:
                 raise CniError(
                     INVALID_CONFIG,
-                    f"ipam config: {key} {addr} is not in node {_name(node)}'s subnets",
+                    f"ipam config: {key} {addr} is not in node {node_name(node)}'s subnets",
                     ", ".join(map(str, subnets)),
                 )
             ranges[i][0][key] = str(addr)
@@ -320,8 +261,8 @@ def kube_node_ranges(node: Mapping[str, Any], conf: IpamConfig) -> list[list[dic
 def annotation_ranges(node: Mapping[str, Any], annotation: str) -> list[list[dict[str, str]]]:
     """node-annotation: host-local ranges from the JSON in the annotation, validated and
     put in canonical form (``{"ranges": [...]}`` or the bare list)."""
-    name = _name(node) or "?"
-    text = _annotation(node, annotation)
+    name = node_name(node) or "?"
+    text = node_annotation(node, _annotation_key(annotation))
     if text is None:
         raise _unusable(name, f"has no annotation {annotation}", "annotation", annotation)
     key = f"annotation {annotation}"
@@ -341,12 +282,12 @@ def annotation_ranges(node: Mapping[str, Any], annotation: str) -> list[list[dic
             for r in rangeset:
                 if not isinstance(r, dict) or not isinstance(r.get("subnet"), str):
                     raise ValueError(f"a range needs a subnet string: {r!r}")
-                c = {"subnet": str(canonical_cidr(r["subnet"]))}
+                c = {"subnet": str(parse_cidr(r["subnet"]))}
                 for k, v in r.items():
                     if k != "subnet":
                         if not isinstance(v, str):
                             raise ValueError(f"{k} must be a string: {v!r}")
-                        c[k] = str(canonical_address(v))
+                        c[k] = str(parse_address(v))
                 canon.append(c)
             out.append(canon)
         validate_ranges(out)
@@ -362,15 +303,15 @@ def build_cache(conf: IpamConfig, env: Mapping[str, str], log: Log) -> dict[str,
         assert conf.annotation is not None
         ranges = annotation_ranges(node, conf.annotation)
     else:
-        ranges = kube_node_ranges(node, conf)
+        ranges = kube_node_ranges(node, conf, log)
     try:
         validate_ranges(ranges)
     except ValueError as e:
-        raise CniError(NODE_UNUSABLE, f"node {_name(node)}: unusable ranges: {e}") from None
+        raise CniError(NODE_UNUSABLE, f"node {node_name(node)}: unusable ranges: {e}") from None
     return {
         "format": FORMAT,
         "plugin": conf.plugin,
-        "node": _name(node),
+        "node": node_name(node),
         "inputs": conf.inputs(),
         "ranges": ranges,
         "digest": digest(ranges),

@@ -4,24 +4,26 @@ A nodes file holds what ``kubectl get nodes -o json`` (or ``-o yaml``) prints: a
 ``NodeList``/``List`` (``{"kind": "NodeList", "items": [...]}``), a plain list of Node
 objects, or a single Node. ``FileNodeSource`` watches such a file and feeds its nodes to a
 ``NodeSink`` whenever the file changes, so the daemon can run without an API server.
+Reading the file is ``support.nodelist.load_node_list`` (re-exported here), the reader the
+IPAM plugins' ``nodesFile`` uses too.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
-from typing import Any
 
 from xcluster_cni_lib.core.errors import InputError
 from xcluster_cni_lib.core.facts import extract_facts
 from xcluster_cni_lib.core.ports import NodeSink
-from xcluster_cni_lib.core.values import NodeFacts
+from xcluster_cni_lib.core.values import NO_ANNOTATIONS, Annotations, NodeFacts
+from xcluster_cni_lib.support import jsonlog
+from xcluster_cni_lib.support.nodelist import load_node_list
 
-log = logging.getLogger(__name__)
+__all__ = ["FileNodeSource", "load_node_facts", "load_node_list"]
+
+log = jsonlog.get_logger(__name__)
 
 # A file modified this shortly before we finished reading it may change again within the
 # same timestamp tick (the kernel's file times are coarse, a few ms), which stat cannot
@@ -29,85 +31,12 @@ log = logging.getLogger(__name__)
 _RACY_SECONDS = 0.1
 
 
-def _decode(path: str, text: str) -> object:
-    """JSON first (the fast path); YAML when the text is not JSON."""
-    try:
-        return json.loads(text)
-    except ValueError as json_error:
-        looks_like_json = text.lstrip()[:1] in ("{", "[")
-        import yaml  # lazily: only YAML files pay for it
-
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as yaml_error:
-            if looks_like_json:
-                raise InputError(f"nodes file {path}: invalid JSON: {json_error}") from None
-            detail = " ".join(str(yaml_error).split())
-            raise InputError(f"nodes file {path}: neither JSON nor YAML: {detail}") from None
-
-
-def _items(path: str, doc: object) -> list[object]:
-    if doc is None:
-        raise InputError(f"nodes file {path}: empty, expected a NodeList, a list or a Node")
-    if isinstance(doc, list):
-        return doc
-    if not isinstance(doc, Mapping):
-        raise InputError(
-            f"nodes file {path}: expected a NodeList, a list or a Node, got a {type(doc).__name__}"
-        )
-    if "items" in doc:
-        items = doc["items"]
-        if items is None:  # `kubectl get nodes -o yaml` on an empty cluster: "items: []"
-            return []
-        if not isinstance(items, list):
-            raise InputError(f"nodes file {path}: 'items' is a {type(items).__name__}, not a list")
-        return items
-    kind = doc.get("kind")
-    if kind in (None, "Node") and isinstance(doc.get("metadata"), Mapping):
-        return [doc]
-    if kind is not None and kind != "Node":
-        raise InputError(f"nodes file {path}: kind {kind!r} has no 'items' and is not a Node")
-    raise InputError(f"nodes file {path}: a mapping without 'items' or 'metadata' is not a Node")
-
-
-def load_node_list(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The Node objects in a JSON or YAML nodes file, as dicts.
-
-    Raises ``InputError`` naming the file and what is wrong: unreadable, not JSON/YAML,
-    not a node list, or an item that is not a Node object.
-    """
-    name = os.fspath(path)
-    try:
-        with open(name, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise InputError(f"nodes file {name}: cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"nodes file {name}: not UTF-8 text: {e.reason}") from None
-    nodes: list[dict[str, Any]] = []
-    for index, item in enumerate(_items(name, _decode(name, text))):
-        if not isinstance(item, Mapping):
-            raise InputError(
-                f"nodes file {name}: item {index} is a {type(item).__name__}, not a Node object"
-            )
-        kind = item.get("kind")
-        if kind is not None and kind != "Node":
-            raise InputError(f"nodes file {name}: item {index} is a {kind}, not a Node")
-        nodes.append(dict(item))
-    return nodes
-
-
 def load_node_facts(
-    path: str | os.PathLike[str],
-    *,
-    cidr_annotation: str | None = None,
-    address_annotation: str | None = None,
+    path: str | os.PathLike[str], *, annotations: Annotations = NO_ANNOTATIONS
 ) -> list[NodeFacts]:
-    """``load_node_list`` then ``extract_facts`` on every node."""
-    return [
-        extract_facts(n, cidr_annotation=cidr_annotation, address_annotation=address_annotation)
-        for n in load_node_list(path)
-    ]
+    """``load_node_list`` then ``extract_facts`` on every node; the facts carry
+    ``annotations``."""
+    return [extract_facts(n, annotations=annotations) for n in load_node_list(path)]
 
 
 _Signature = tuple[int, int, int, int]  # (st_dev, st_ino, st_mtime_ns, st_size)
@@ -136,13 +65,11 @@ class FileNodeSource:
         self,
         path: str | os.PathLike[str],
         *,
-        cidr_annotation: str | None = None,
-        address_annotation: str | None = None,
+        annotations: Annotations = NO_ANNOTATIONS,
         poll_interval: float = 0.2,
     ) -> None:
         self.path = os.fspath(path)
-        self.cidr_annotation = cidr_annotation
-        self.address_annotation = address_annotation
+        self.annotations = annotations
         self.poll_interval = poll_interval
 
     def run(self, sink: NodeSink, stop: threading.Event) -> None:
@@ -165,14 +92,14 @@ class FileNodeSource:
                 last_signature = signature
                 read_again = False
                 try:
-                    facts = load_node_facts(
-                        self.path,
-                        cidr_annotation=self.cidr_annotation,
-                        address_annotation=self.address_annotation,
-                    )
+                    facts = load_node_facts(self.path, annotations=self.annotations)
                 except InputError as e:
                     if str(e) != last_error:
-                        log.warning("%s; keeping the previous nodes", e)
+                        log.warning(
+                            "nodes file unusable; keeping the previous nodes",
+                            path=self.path,
+                            error=str(e),
+                        )
                         last_error = str(e)
                     set_healthy(False)
                 else:

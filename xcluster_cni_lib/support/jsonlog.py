@@ -13,6 +13,13 @@ Usage::
     jsonlog.setup("info")                      # once, in a main
     log = jsonlog.get_logger(__name__)
     log.info("sync done", added=3, duration_s=0.004)
+
+Without ``setup`` (a script that calls ``logging.basicConfig()``, or pytest's ``caplog``)
+the same call reads ``sync done added=3 duration_s=0.004``: the record's ``msg`` is an
+:class:`Event`, a ``str`` equal to the event text whose ``str()`` (what
+``record.getMessage()`` and every plain formatter use) appends the fields as
+``key=value``, values JSON-quoted when they hold spaces, credentials redacted. The JSON
+lines keep the event text in ``msg`` and the fields as keys.
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ import logging
 import sys
 from collections.abc import Mapping
 from typing import IO, Any
+
+from xcluster_cni_lib import quiet_by_default
+
+quiet_by_default()  # the library's loggers: silent unless the application configures logging
 
 TRACE = 5
 DEBUG = logging.DEBUG
@@ -67,13 +78,57 @@ def _jsonable(value: object) -> object:
     return str(value)
 
 
+def _plain_value(value: object) -> str:
+    data = _jsonable(value)
+    if isinstance(data, str):
+        if data and not any(c.isspace() or c in '"=\\' for c in data):
+            return data
+        return json.dumps(data, ensure_ascii=False)
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def plain_fields(fields: Mapping[str, object]) -> str:
+    """``key=value key2="a value"``: the fields as a plain log line shows them."""
+    return " ".join(
+        f"{key}={REDACTED if _is_secret(str(key)) else _plain_value(value)}"
+        for key, value in fields.items()
+    )
+
+
+class Event(str):
+    """A log event: equal to (and a ``str`` of) its text, with its fields attached.
+
+    ``str(event)`` is what plain handlers print (``record.getMessage()``): the text and
+    then :func:`plain_fields`, rendered only when a handler formats the record. ``.text``
+    is the bare event text, what :func:`render` puts in ``msg``."""
+
+    fields: Mapping[str, object]
+
+    def __new__(cls, text: str, fields: Mapping[str, object]) -> Event:
+        event = super().__new__(cls, text)
+        event.fields = fields
+        return event
+
+    def __reduce__(self) -> tuple[type[Event], tuple[str, dict[str, object]]]:
+        return (Event, (self.text, dict(self.fields)))
+
+    @property
+    def text(self) -> str:
+        return str.__str__(self)
+
+    def __str__(self) -> str:
+        text = str.__str__(self)
+        return f"{text} {plain_fields(self.fields)}" if self.fields else text
+
+
 def render(record: logging.LogRecord) -> str:
     """One JSON line (without newline) for a log record."""
     when = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
+    message = record.msg
     out: dict[str, object] = {
         "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "level": _NAMES.get(record.levelno, record.levelname.lower()),
-        "msg": record.getMessage(),
+        "msg": message.text if isinstance(message, Event) else record.getMessage(),
         "logger": record.name,
     }
     fields = getattr(record, "fields", None)
@@ -136,7 +191,7 @@ class StructLogger:
 
     def log(self, level: int, msg: str, /, **fields: Any) -> None:
         if self.logger.isEnabledFor(level):
-            self.logger.log(level, msg, extra={"fields": fields}, stacklevel=3)
+            self.logger.log(level, Event(msg, fields), extra={"fields": fields}, stacklevel=3)
 
     def error(self, msg: str, /, **fields: Any) -> None:
         self.log(logging.ERROR, msg, **fields)
@@ -155,7 +210,9 @@ class StructLogger:
 
     def exception(self, msg: str, /, **fields: Any) -> None:
         if self.logger.isEnabledFor(logging.ERROR):
-            self.logger.error(msg, exc_info=True, extra={"fields": fields}, stacklevel=2)
+            self.logger.error(
+                Event(msg, fields), exc_info=True, extra={"fields": fields}, stacklevel=2
+            )
 
 
 def get_logger(name: str) -> StructLogger:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 import attrs
 
 from xcluster_cni_lib.core.errors import InvalidNode
-from xcluster_cni_lib.core.nodes import parse_facts
+from xcluster_cni_lib.core.nodes import parse_facts, problem_of
 from xcluster_cni_lib.core.values import NodeFacts, NodeNetwork, Problem
 from xcluster_cni_lib.support import jsonlog
 
@@ -55,11 +55,11 @@ class NodeCache:
 
     ``synced`` becomes true with the first complete ``replace_all`` and stays true;
     ``healthy`` follows ``set_healthy`` (initially false: nothing has been heard yet).
+    Each node is parsed with the annotation configuration its facts carry
+    (``NodeFacts.annotations``, set by the node source).
     """
 
-    def __init__(self, *, cidr_annotation: str | None, address_annotation: str | None) -> None:
-        self.cidr_annotation = cidr_annotation
-        self.address_annotation = address_annotation
+    def __init__(self) -> None:
         self._nodes: dict[str, CachedNode] = {}
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
@@ -191,13 +191,9 @@ class NodeCache:
 
     def _parse(self, facts: NodeFacts, previous: CachedNode | None) -> CachedNode:
         try:
-            network = parse_facts(
-                facts,
-                cidr_annotation=self.cidr_annotation,
-                address_annotation=self.address_annotation,
-            )
+            network = parse_facts(facts)
         except InvalidNode as e:
-            problem = Problem(node=facts.name or "?", reason=e.reason, key=e.key, value=e.value)
+            problem = problem_of(e)
             if previous is None or previous.problem != problem:
                 log.warning(
                     "node skipped",

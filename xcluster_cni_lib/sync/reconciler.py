@@ -28,46 +28,25 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 
-import attrs
-
-from xcluster_cni_lib.core.ownnode import find_own
+from xcluster_cni_lib.core.ownnode import find_own, machine_id_key
 from xcluster_cni_lib.core.planning import DesiredRoutes, plan_routes
 from xcluster_cni_lib.core.ports import RouteTable, TrackingRouteTable
 from xcluster_cni_lib.core.values import IPNetwork, NodeNetwork, Plan, Problem, Route, RouteOutcome
 from xcluster_cni_lib.support import jsonlog
 from xcluster_cni_lib.sync.metrics import DaemonMetrics
 from xcluster_cni_lib.sync.nodecache import CachedNode, CacheView, NodeCache
+from xcluster_cni_lib.sync.outcomes import (
+    SyncResult,
+    record_metrics,
+    report_failures,
+    skip_reasons,
+)
+
+__all__ = ["Reconciler", "SyncResult", "skip_reasons"]  # the last two from ``outcomes``
 
 log = jsonlog.get_logger(__name__)
-
-
-@attrs.frozen
-class SyncResult:
-    """What one reconcile did."""
-
-    desired: int
-    installed: int
-    added: int = 0
-    replaced: int = 0
-    deleted: int = 0
-    deferred_deletes: int = 0
-    restored: int = 0
-    failures: tuple[RouteOutcome, ...] = ()
-    skipped_nodes: int = 0
-    duration: float = 0.0
-    plan: Plan = attrs.field(factory=Plan)
-    full: bool = True  # a full reconcile (else an incremental one)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    @property
-    def conflicts(self) -> int:
-        return sum(1 for f in self.failures if f.status == "conflict")
 
 
 class Reconciler:
@@ -140,13 +119,12 @@ class Reconciler:
         self._wake.set()
 
     def notify_kernel(self) -> None:
-        """The kernel's table changed (a route monitor calls this): reconcile at once.
+        """The kernel changed something that can change our routes (a kernel monitor,
+        e.g. the table's tracker, calls this): reconcile at once.
 
-        Not held back by the coalescing window: restoring a removed route is urgent, and
-        the echo of our own writes (the monitor reports them too) must not delay the
-        next node change. With a tracking table, the echo of our own writes is known
-        and costs no reconcile; otherwise a reconcile of an unchanged table costs one
-        list and no write."""
+        Not held back by the coalescing window: restoring a removed route is urgent. The
+        table's tracker never reports our own writes; a monitor that does costs, with a
+        non-tracking table, one list and no write per echo."""
         self._wake.set()
 
     # -- one reconcile ---------------------------------------------------------------------
@@ -366,10 +344,10 @@ class Reconciler:
         own = find_own(view.facts, name=self.node_name, machine_id=self.machine_id)
         self._state = DesiredRoutes(view.networks, own=own.name if own else None)
         self._generation = view.generation
-        wanted = _machine_id(self.machine_id)
+        wanted = machine_id_key(self.machine_id)
         if not self.node_name and wanted:
             self._by_machine_id = frozenset(
-                f.name for f in view.facts if _machine_id(f.machine_id) == wanted
+                f.name for f in view.facts if machine_id_key(f.machine_id) == wanted
             )
         return self._state
 
@@ -379,57 +357,31 @@ class Reconciler:
             return True
         if self.node_name:
             return self.node_name in entries
-        wanted = _machine_id(self.machine_id)
+        wanted = machine_id_key(self.machine_id)
         if not wanted:
             return False
         for name, entry in entries.items():
             if name in self._by_machine_id:
                 return True
-            if entry is not None and _machine_id(entry.facts.machine_id) == wanted:
+            if entry is not None and machine_id_key(entry.facts.machine_id) == wanted:
                 return True
         return False
 
     def _report_failures(self, failures: tuple[RouteOutcome, ...]) -> None:
-        for f in failures:
-            fields = {"op": f.op, "status": f.status, "reason": f.reason, **f.route.to_json()}
-            if f.status == "conflict":
-                # Warn once per destination while it persists; retries log at debug.
-                if f.route in self._conflicts_seen:
-                    log.debug("route conflict persists", **fields)
-                else:
-                    log.warning("route conflict: another protocol holds the destination", **fields)
-            else:
-                log.warning("route operation failed", **fields)
+        report_failures(failures, known_conflicts=self._conflicts_seen)
 
     def _record(
         self, result: SyncResult, skipped: Sequence[Problem], problems: Sequence[Problem]
     ) -> None:
-        m = self.metrics
-        if m is None:
-            return
-        m.syncs.labels(result="ok" if result.ok else "partial").inc()
-        m.sync_duration.observe(result.duration)
-        m.routes_desired.set(result.desired)
-        m.routes_installed.set(result.installed)
-        m.nodes.set(len(self.cache))
-        m.deletes_deferred.set(result.deferred_deletes)
-        for op, count in (
-            ("add", result.added),
-            ("replace", result.replaced),
-            ("delete", result.deleted),
-        ):
-            if count:
-                m.route_ops.labels(op=op).inc(count)
-        for f in result.failures:
-            m.route_op_errors.labels(op=f.op, reason=f.status).inc()
-        if result.conflicts:
-            m.conflicts.inc(result.conflicts)
-        m.conflicts_current.set(len(self._conflicts_seen))
-        if result.restored:
-            m.routes_restored.inc(result.restored)
-        annotations = (self.cache.cidr_annotation, self.cache.address_annotation)
-        m.set_skipped(skip_reasons(skipped, problems, annotations=annotations))
-        m.last_sync.set(time.time())
+        if self.metrics is not None:
+            record_metrics(
+                self.metrics,
+                result,
+                nodes=len(self.cache),
+                conflicts_current=len(self._conflicts_seen),
+                skipped=skipped,
+                problems=problems,
+            )
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -510,25 +462,3 @@ class Reconciler:
             self.retry_max, self._retry_delay * 2 if self._retry_delay else self.retry_min
         )
         return self._retry_delay
-
-
-def skip_reasons(
-    skipped: Sequence[Problem], problems: Sequence[Problem], *, annotations: Collection[str | None]
-) -> dict[str, int]:
-    """Count skipped nodes by a short label for the ``nodes_skipped`` metric:
-    ``invalid_annotation`` (a configured annotation is missing or malformed),
-    ``invalid`` (another field is unusable), ``unroutable`` (the planner could not route
-    the node, e.g. no address of its CIDR's family)."""
-    counts: Counter[str] = Counter()
-    for p in skipped:
-        counts[
-            "invalid_annotation" if p.key is not None and p.key in annotations else "invalid"
-        ] += 1
-    for _ in {p.node for p in problems}:
-        counts["unroutable"] += 1
-    return dict(counts)
-
-
-def _machine_id(value: str | None) -> str:
-    """A machine id as ``find_own`` compares it."""
-    return (value or "").strip().lower()

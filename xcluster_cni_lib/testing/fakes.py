@@ -12,7 +12,7 @@ Example::
     from xcluster_cni_lib.sync.reconciler import Reconciler
     from xcluster_cni_lib.testing.fakes import FakeRouteTable
 
-    cache = NodeCache(cidr_annotation=None, address_annotation=None)
+    cache = NodeCache()
     cache.replace_all([NodeFacts("a", ("10.0.1.0/24",), ("192.168.1.1",))])
     cache.set_healthy(True)
     table = FakeRouteTable(202)

@@ -8,8 +8,10 @@ pyroute2, the daemon) inside ``func``; a test checks that ``xcluster-cni cidr`` 
 neither kubernetes nor pyroute2.
 
 Exit codes: 0 ok; 1 bad input or failure, with exactly one line on stderr saying what was
-wrong (usage errors included: no multi-line usage dump). A subcommand may return other
-codes of its own (documented in ``docs/cli.md``).
+wrong (usage errors included: no multi-line usage dump); 130 on Ctrl-C; 141 (128 +
+SIGPIPE, what a shell reports for a command killed by a closed pipe) when stdout was
+closed before everything was written (``xcluster-cni ... | head``), with nothing on
+stderr. A subcommand may return other codes of its own (documented in ``docs/cli.md``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import select
+import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -25,6 +29,7 @@ from xcluster_cni_lib import __version__
 from xcluster_cni_lib.core.errors import XclusterError
 
 PROG = "xcluster-cni"
+EXIT_CLOSED_STDOUT = 128 + signal.SIGPIPE  # 141, as for `yes | head -1` in a shell
 
 SUBCOMMAND_MODULES = [
     "xcluster_cni_daemon.tools",
@@ -64,11 +69,39 @@ def _say(message: str) -> None:
     print(" ".join(message.split()), file=sys.stderr)
 
 
+def _stdout_closed() -> bool:
+    """Whether nobody reads our stdout any more (a pipe whose reader exited)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        events = poller.poll(0)
+    except (OSError, ValueError):  # no real file descriptor (captured in a test)
+        return False
+    return any(mask & (select.POLLERR | select.POLLHUP) for _, mask in events)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; returns the exit code."""
     try:
+        code = _run(argv)
+        sys.stdout.flush()  # a reader that went away shows up here, not at exit
+        return code
+    except BrokenPipeError as e:
+        if not _stdout_closed():  # a socket's broken pipe is a failure like any other
+            _say(f"{PROG}: error: {e}")
+            return 1
+        # `xcluster-cni ... | head`: not our failure, say nothing; later writes (the
+        # interpreter's final flush) go nowhere instead of failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_STDOUT
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    try:
         args = build_parser().parse_args(argv)
         return int(args.func(args))
+    except BrokenPipeError:
+        raise  # main decides whether it was stdout
     except UsageError as e:
         _say(str(e))
         return 1
@@ -76,9 +109,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"{PROG}: error: {e}")
         return 1
     except OSError as e:  # a socket, a file, a netlink request that failed
-        if isinstance(e, BrokenPipeError):  # `xcluster-cni ... | head`: not our failure
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 1
         _say(f"{PROG}: error: {e}")
         return 1
     except KeyboardInterrupt:

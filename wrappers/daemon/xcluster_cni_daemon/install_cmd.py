@@ -1,31 +1,20 @@
 """``xcluster-cni install`` (the init container's job) and ``xcluster-cni k8smtu``.
 
-Environment (documented in ``docs/install.md``): ``NODE_NAME`` (required),
-``INSTALL_K8S_NET`` (yes/no, default yes), ``ADDRESS_ANNOTATION``, ``MTU``,
-``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT``, ``KUBECONFIG``. Directory flags
-default to the container paths of the DaemonSet's hostPath mounts.
+Environment (documented in ``docs/install.md``; the list is
+``xcluster_cni_lib.install.service.INSTALL_ENV``, read by ``settings_from_env``):
+``NODE_NAME`` (required), ``INSTALL_K8S_NET`` (yes/no, default yes), ``ADDRESS_ANNOTATION``,
+``MTU``, ``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT``, ``KUBECONFIG``. Directory
+flags default to the container paths of the DaemonSet's hostPath mounts.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
-# Every environment variable ``install`` reads (docs/install.md).
-INSTALL_ENV = frozenset(
-    {
-        "NODE_NAME",
-        "INSTALL_K8S_NET",
-        "ADDRESS_ANNOTATION",
-        "MTU",
-        "KUBERNETES_SERVICE_HOST",
-        "KUBERNETES_SERVICE_PORT",
-        "HOST_CNI_CONF_DIR",
-        "LOG_LEVEL",
-        "KUBECONFIG",
-    }
-)
+from xcluster_cni_lib.support.kubeconfig import SERVICE_ACCOUNT_DIR
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,14 +41,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     install.add_argument(
         "--host-cni-conf-dir",
-        default=os.environ.get("HOST_CNI_CONF_DIR", "/etc/cni/net.d"),
+        default=os.environ.get("HOST_CNI_CONF_DIR") or "/etc/cni/net.d",
         help="the CNI config dir as the host sees it, used in the paths "
         "written into configs [$HOST_CNI_CONF_DIR, /etc/cni/net.d]",
     )
     install.add_argument(
         "--service-account-dir",
         type=Path,
-        default=Path("/var/run/secrets/kubernetes.io/serviceaccount"),
+        default=Path(SERVICE_ACCOUNT_DIR),
         help="where the pod's service-account token and ca.crt are",
     )
     install.add_argument(
@@ -90,28 +79,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     mtu.set_defaults(func=run_k8smtu)
 
 
-def _annotation(value: str | None) -> str | None:
-    value = value if value is not None else os.environ.get("ADDRESS_ANNOTATION")
-    return value or None
-
-
 def run_install(args: argparse.Namespace) -> int:
     """Run the installer; logs one JSON line per file and returns 0, or raises an
     ``InputError`` that ``cli.main`` reports in one line."""
-    from xcluster_cni_lib.install import plan, service
+    from xcluster_cni_lib.install import service
     from xcluster_cni_lib.support import jsonlog
 
     jsonlog.setup(os.environ.get("LOG_LEVEL", "info"))
     log = jsonlog.get_logger("xcluster_cni_lib.install")
-    env = os.environ
-    settings = plan.InstallSettings(
-        node_name=env.get("NODE_NAME", ""),
-        install_k8s_net=plan.parse_yes_no(
-            "INSTALL_K8S_NET", env.get("INSTALL_K8S_NET"), default=True
-        ),
-        host_conf_dir=args.host_cni_conf_dir,
-        mtu=plan.parse_mtu("MTU", args.mtu if args.mtu is not None else env.get("MTU")),
-        address_annotation=_annotation(None),
+    settings = service.settings_from_env(
+        os.environ, host_conf_dir=args.host_cni_conf_dir, mtu=args.mtu
     )
     paths = service.InstallPaths(
         bin_dir=args.cni_bin_dir,
@@ -119,16 +96,8 @@ def run_install(args: argparse.Namespace) -> int:
         service_account_dir=args.service_account_dir,
         plugin_dir=args.plugin_dir,
     )
-
-    def detect() -> int:
-        mtu, warning = service.detect_mtu(
-            settings.node_name, address_annotation=settings.address_annotation
-        )
-        if warning:
-            log.warning(warning, node=settings.node_name)
-        return mtu
-
-    for action in service.run_install(settings, paths, env=env, detect_mtu=detect):
+    detect = service.mtu_detector(settings)
+    for action in service.run_install(settings, paths, env=os.environ, detect_mtu=detect):
         log.info(
             f"{action.what} {action.path}",
             path=action.path,
@@ -141,14 +110,11 @@ def run_install(args: argparse.Namespace) -> int:
 
 def run_k8smtu(args: argparse.Namespace) -> int:
     """Print the MTU; a warning (no interface holds the address) goes to stderr."""
-    import sys
-
     from xcluster_cni_lib.install import service
 
-    node = args.node or os.environ.get("NODE_NAME", "")
     mtu, warning = service.detect_mtu(
-        node,
-        address_annotation=_annotation(args.address_annotation),
+        args.node or os.environ.get("NODE_NAME", ""),
+        address_annotation=service.address_annotation_setting(args.address_annotation, os.environ),
         kubeconfig=args.kubeconfig,
     )
     if warning:

@@ -1,5 +1,6 @@
 """``xcluster-cni lab up|status|down|demo``: a cluster in network namespaces on this
-machine (root). Documented in ``docs/lab.md``."""
+machine (root). The verbs' logic is ``xcluster_cni_lib.lab.commands``; documented in
+``docs/lab.md``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from xcluster_cni_lib.lab import Lab, LabSpec
+    from xcluster_cni_lib.lab import LabSpec
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,97 +77,72 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _spec(args: argparse.Namespace) -> LabSpec:
-    from xcluster_cni_lib.lab.spec import MAIN, SECONDARY, LabSpec
+    from xcluster_cni_lib.lab.commands import command_spec
 
-    kwargs: dict[str, object] = {
-        "nodes": args.nodes,
-        "pods_per_node": args.pods,
-        "networks": (MAIN,) if args.no_secondary else (MAIN, SECONDARY),
-        "prefix": args.prefix,
-        "state_root": args.state_root,
-        "ipam": args.ipam,
-    }
-    if args.id:
-        kwargs["lab_id"] = args.id
-    return LabSpec(**kwargs)  # type: ignore[arg-type]  # values typed by argparse
+    return command_spec(
+        nodes=args.nodes,
+        pods=args.pods,
+        secondary=not args.no_secondary,
+        ipam=args.ipam,
+        lab_id=args.id or None,
+        prefix=args.prefix,
+        state_root=args.state_root,
+    )
+
+
+def _failed(args: argparse.Namespace, error: Exception) -> int:
+    print(f"xcluster-cni lab {args.lab_verb}: {error}", file=sys.stderr)
+    return 1
 
 
 def _up(args: argparse.Namespace) -> int:
-    from xcluster_cni_lib.lab import Lab, LabError
-    from xcluster_cni_lib.lab.cleanup import interrupt_on_termination
+    from xcluster_cni_lib.lab import LabError
+    from xcluster_cni_lib.lab.commands import bring_up
+    from xcluster_cni_lib.lab.report import up_lines
 
     try:
-        spec = _spec(args)
-        lab = Lab(spec)
-        with interrupt_on_termination():
-            try:
-                lab.up()
-            except BaseException:
-                lab.down()
-                raise
+        lab = bring_up(_spec(args))
     except LabError as e:
-        print(f"xcluster-cni lab up: {e}", file=sys.stderr)
-        return 1
-    print(f"lab {spec.lab_id} is up; state, nodes file and logs in {spec.state_dir}")
-    for node in lab.nodes.values():
-        addrs = "  ".join(f"{net}: {', '.join(map(str, a))}" for net, a in node.addresses.items())
-        print(f"  node {node.name:4} netns {node.namespace:20} {addrs}")
-    for pod in sorted(lab.pods.values(), key=lambda p: p.name):
-        addrs = "  ".join(f"{net}: {', '.join(map(str, a))}" for net, a in pod.addresses.items())
-        print(f"  pod  {pod.name:9} netns {pod.netns:20} {addrs}")
-    print(f"try: ip netns exec {spec.namespace('n1-pod1')} ping {_first_remote(lab)}")
-    print(f"stop it with: {spec.down_command}")
+        return _failed(args, e)
+    for line in up_lines(lab):
+        print(line)
     return 0
 
 
-def _first_remote(lab: Lab) -> str:
-    for pod in lab.pods.values():
-        if pod.node != "n1":
-            address = pod.address(lab.spec.main.name, 4)
-            return str(address)
-    return "127.0.0.1"
-
-
-def _labs(args: argparse.Namespace) -> list[str]:
-    from xcluster_cni_lib.lab.cleanup import find_labs
-
-    return [args.id] if args.id else find_labs(args.prefix, args.state_root)
-
-
 def _status(args: argparse.Namespace) -> int:
-    from xcluster_cni_lib.lab.cleanup import lab_status
+    from xcluster_cni_lib.lab import LabError
+    from xcluster_cni_lib.lab.commands import status_lines
 
-    labs = _labs(args)
-    if not labs:
-        print("no labs")
-    for lab_id in labs:
-        for line in lab_status(args.prefix, lab_id, args.state_root):
-            print(line)
+    try:
+        lines = status_lines(args.prefix, args.state_root, args.id)
+    except LabError as e:
+        return _failed(args, e)
+    for line in lines:
+        print(line)
     return 0
 
 
 def _down(args: argparse.Namespace) -> int:
-    from xcluster_cni_lib.lab.cleanup import shielded, teardown_lab
+    from xcluster_cni_lib.lab import LabError
+    from xcluster_cni_lib.lab.commands import remove_labs
 
-    labs = _labs(args)
-    if not labs:
+    try:
+        removed = remove_labs(args.prefix, args.state_root, args.id)
+    except LabError as e:
+        return _failed(args, e)
+    if not removed:
         print("no labs to remove")
-    with shielded():
-        for lab_id in labs:
-            removed = teardown_lab(args.prefix, lab_id, args.state_root)
-            print(f"lab {lab_id}: removed {len(removed)} namespaces")
+    for lab_id, namespaces in removed:
+        print(f"lab {lab_id}: removed {len(namespaces)} namespaces")
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     from xcluster_cni_lib.lab import LabError
-    from xcluster_cni_lib.lab.cleanup import interrupt_on_termination
-    from xcluster_cni_lib.lab.demo import run_demo
+    from xcluster_cni_lib.lab.commands import demo
 
     try:
         spec = _spec(args)
     except LabError as e:
-        print(f"xcluster-cni lab demo: {e}", file=sys.stderr)
-        return 1
-    with interrupt_on_termination():
-        return run_demo(sys.stdout, spec=spec)
+        return _failed(args, e)
+    return demo(sys.stdout, spec)

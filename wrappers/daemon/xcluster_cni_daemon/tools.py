@@ -1,8 +1,8 @@
 """The tool subcommands of ``xcluster-cni``: version, cidr, mtu, plan, nodes, kernelroutes.
 
-Thin: each reads its arguments, calls the library and prints. Heavy modules (netlink,
-kube) are imported inside the handlers, so ``xcluster-cni cidr`` stays fast. Documented
-in ``docs/cli.md``.
+Thin: each reads its arguments, calls the library (``xcluster_cni_lib.tools``, ``.core``)
+and prints. Library modules are imported inside the handlers, so ``xcluster-cni cidr``
+stays fast. Documented in ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -12,11 +12,14 @@ import json
 import os
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from xcluster_cni_lib.core.errors import InputError
+from xcluster_cni_lib.core.protocols import DEFAULT_PROTOCOL
+from xcluster_cni_lib.support.hostinfo import MACHINE_ID_PATH
 
-DEFAULT_PROTOCOL = 202
+if TYPE_CHECKING:
+    from xcluster_cni_lib.core.values import Annotations
 
 
 def _env(name: str) -> str | None:
@@ -33,18 +36,19 @@ def _warn(lines: Iterable[object]) -> None:
 
 
 def _protocol(text: str) -> int:
-    """A route protocol number 1-255, or a name from iproute2's rt_protos (any protocol
-    can be shown, the kernel's own included)."""
-    from xcluster_cni_lib.daemon.config import read_rt_protos
+    from xcluster_cni_lib.tools.kernelview import shown_protocol
 
-    if text.isdecimal() and 1 <= int(text) <= 255:
-        return int(text)
-    by_name = [n for n, name in read_rt_protos().items() if name == text and 1 <= n <= 255]
-    if not by_name:
-        raise argparse.ArgumentTypeError(
-            f"not a route protocol number (1-255) nor a name in rt_protos: {text!r}"
-        )
-    return by_name[0]
+    try:
+        return shown_protocol(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _annotations(args: argparse.Namespace) -> Annotations:
+    """The annotation keys, checked by the daemon's rule (a bad key is an error here too)."""
+    from xcluster_cni_lib.core.values import Annotations
+
+    return Annotations(cidr=args.cidr_annotation, address=args.address_annotation)
 
 
 def _annotation_flags(parser: argparse.ArgumentParser) -> None:
@@ -106,8 +110,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--machine-id-file",
         metavar="FILE",
-        default="/etc/machine-id",
-        help="where this machine's id is, used without a node name [/etc/machine-id]",
+        default=MACHINE_ID_PATH,
+        help=f"where this machine's id is, used without a node name [{MACHINE_ID_PATH}]",
     )
     _annotation_flags(p)
     p.set_defaults(func=cmd_plan)
@@ -157,113 +161,42 @@ def cmd_cidr(args: argparse.Namespace) -> int:
 
 
 def cmd_mtu(args: argparse.Namespace) -> int:
-    from xcluster_cni_lib.core.addresses import parse_address
-    from xcluster_cni_lib.core.mtu import choose_mtu
-    from xcluster_cni_lib.kernel.netlink import list_interface_addresses
+    from xcluster_cni_lib.tools.kernelview import address_mtu
 
-    try:
-        address = parse_address(args.address)
-    except ValueError as e:
-        raise InputError(str(e)) from None
-    mtu, warning = choose_mtu(address, list_interface_addresses())
-    if warning:
-        _warn([warning])
+    mtu, warning = address_mtu(args.address)
+    _warn([warning] if warning else [])
     print(mtu)
     return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from xcluster_cni_lib.core.ownnode import resolve_own
-    from xcluster_cni_lib.core.planning import desired_routes_from_facts
-    from xcluster_cni_lib.sources.nodesfile import load_node_facts
-    from xcluster_cni_lib.support.hostinfo import read_machine_id
+    from xcluster_cni_lib.tools.dryrun import plan_from_file
 
-    facts = load_node_facts(
+    result = plan_from_file(
         args.nodes_file,
-        cidr_annotation=args.cidr_annotation,
-        address_annotation=args.address_annotation,
+        annotations=_annotations(args),
+        node_name=args.node_name,
+        machine_id_file=args.machine_id_file,
     )
-    machine_id = None if args.node_name else read_machine_id(args.machine_id_file)
-    own, warning = resolve_own(facts, name=args.node_name, machine_id=machine_id)
-    routes, problems = desired_routes_from_facts(
-        facts,
-        own=own,
-        cidr_annotation=args.cidr_annotation,
-        address_annotation=args.address_annotation,
-    )
-    _print_json([r.to_json() for r in routes])
-    _warn([warning] if warning else [])
-    _warn(problems)
+    _print_json([r.to_json() for r in result.routes])
+    _warn(result.warnings)
     return 0
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    from xcluster_cni_lib.core.errors import InvalidNode
-    from xcluster_cni_lib.core.nodes import parse_facts
+    from xcluster_cni_lib.tools.nodeview import node_views, read_node_facts
 
-    if args.nodes_file:
-        from xcluster_cni_lib.sources.nodesfile import load_node_facts
-
-        facts = load_node_facts(
-            args.nodes_file,
-            cidr_annotation=args.cidr_annotation,
-            address_annotation=args.address_annotation,
-        )
-    else:
-        from xcluster_cni_lib.sources import kube
-
-        client = kube.load_api_client(args.kubeconfig)
-        try:
-            facts = kube.list_node_facts(
-                client,
-                cidr_annotation=args.cidr_annotation,
-                address_annotation=args.address_annotation,
-            )
-        finally:
-            client.close()
-
-    out: list[dict[str, Any]] = []
-    problems: list[object] = []
-    for f in sorted(facts, key=lambda f: f.name):
-        try:
-            n = parse_facts(
-                f, cidr_annotation=args.cidr_annotation, address_annotation=args.address_annotation
-            )
-        except InvalidNode as e:
-            problems.append(e)
-            out.append(
-                {
-                    "name": f.name,
-                    "podCIDRs": [],
-                    "addresses": [],
-                    "machineID": f.machine_id,
-                    "problems": [str(e)],
-                }
-            )
-            continue
-        problems.extend(n.problems)
-        out.append(
-            {
-                "name": n.name,
-                "podCIDRs": [str(c) for c in n.cidrs],
-                "addresses": [str(a) for a in n.addresses],
-                "machineID": n.machine_id,
-                "problems": [str(p) for p in n.problems],
-            }
-        )
-    _print_json(out)
-    _warn(problems)
+    facts = read_node_facts(
+        nodes_file=args.nodes_file, kubeconfig=args.kubeconfig, annotations=_annotations(args)
+    )
+    result = node_views(facts)
+    _print_json(list(result.views))
+    _warn(result.warnings)
     return 0
 
 
 def cmd_kernelroutes(args: argparse.Namespace) -> int:
-    from xcluster_cni_lib.core.planning import route_sort_key
-    from xcluster_cni_lib.kernel.netlink import NetlinkRouteTable
+    from xcluster_cni_lib.tools.kernelview import kernel_routes
 
-    table = NetlinkRouteTable(args.protocol)
-    try:
-        routes = table.list_routes()
-    finally:
-        table.close()
-    _print_json([r.to_json() for r in sorted(routes, key=route_sort_key)])
+    _print_json([r.to_json() for r in kernel_routes(args.protocol)])
     return 0

@@ -1,0 +1,91 @@
+"""What ``xcluster-cni lab up|status|down|demo`` do, for the command and for scripts:
+each function takes plain values and returns what the command prints (or the lab); the
+command only parses flags, prints and picks the exit code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TextIO
+
+import attrs
+
+from xcluster_cni_lib.lab.cleanup import (
+    find_labs,
+    interrupt_on_termination,
+    lab_status,
+    shielded,
+    teardown_lab,
+)
+from xcluster_cni_lib.lab.cluster import Lab
+from xcluster_cni_lib.lab.demo import run_demo
+from xcluster_cni_lib.lab.spec import DEFAULT_PREFIX, DEFAULT_STATE_ROOT, MAIN, SECONDARY, LabSpec
+
+
+def command_spec(
+    *,
+    nodes: int = 3,
+    pods: int = 2,
+    secondary: bool = True,
+    ipam: str = "kube-node",
+    lab_id: str | None = None,
+    prefix: str = DEFAULT_PREFIX,
+    state_root: str | Path = DEFAULT_STATE_ROOT,
+) -> LabSpec:
+    """The spec of ``lab up``/``lab demo``: the main network, and the secondary one
+    unless ``secondary`` is false; a random id unless ``lab_id``. ``LabError`` names a
+    bad value."""
+    spec = LabSpec(
+        nodes=nodes,
+        pods_per_node=pods,
+        networks=(MAIN, SECONDARY) if secondary else (MAIN,),
+        prefix=prefix,
+        state_root=Path(state_root),
+        ipam=ipam,
+    )
+    return spec if lab_id is None else attrs.evolve(spec, lab_id=lab_id)
+
+
+def bring_up(spec: LabSpec) -> Lab:
+    """Build the lab and leave it running. SIGTERM/SIGHUP are Ctrl-C meanwhile; on any
+    failure or interrupt what was built is removed before the error goes on."""
+    lab = Lab(spec)
+    with interrupt_on_termination():
+        try:
+            lab.up()
+        except BaseException:
+            lab.down()
+            raise
+    return lab
+
+
+def lab_ids(prefix: str, state_root: Path, lab_id: str | None = None) -> list[str]:
+    """``[lab_id]`` when given, else every lab with ``prefix`` (by namespace or state dir)."""
+    return [lab_id] if lab_id else find_labs(prefix, state_root)
+
+
+def status_lines(prefix: str, state_root: Path, lab_id: str | None = None) -> list[str]:
+    """``lab status``: every lab's summary, ``no labs`` when there is none. ``LabError``
+    when ``lab_id`` is given and that lab does not exist."""
+    ids = lab_ids(prefix, state_root, lab_id)
+    if not ids:
+        return ["no labs"]
+    return [line for i in ids for line in lab_status(prefix, i, state_root)]
+
+
+def remove_labs(
+    prefix: str, state_root: Path, lab_id: str | None = None
+) -> list[tuple[str, list[str]]]:
+    """``lab down``: tear down ``lab_id`` (nothing to do is fine) or every lab with
+    ``prefix``, signals held off meanwhile; returns (lab id, namespaces deleted) per lab."""
+    removed = []
+    with shielded():
+        for i in lab_ids(prefix, state_root, lab_id):
+            removed.append((i, teardown_lab(prefix, i, state_root)))
+    return removed
+
+
+def demo(out: TextIO, spec: LabSpec) -> int:
+    """``lab demo`` printing to ``out``; SIGTERM/SIGHUP tear down as Ctrl-C does.
+    Returns the exit status (0 ok, 1 a step failed, 130 interrupted)."""
+    with interrupt_on_termination():
+        return run_demo(out, spec=spec)

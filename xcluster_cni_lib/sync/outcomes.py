@@ -1,0 +1,114 @@
+"""What a reconcile did, and how it is told: the ``SyncResult`` value, the log lines of
+failed route operations and the daemon's metrics. Split from ``reconciler`` (the loop
+and the planning of a reconcile), which imports it."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Collection, Sequence
+
+import attrs
+
+from xcluster_cni_lib.core.nodes import FIELD_KEYS
+from xcluster_cni_lib.core.values import Plan, Problem, Route, RouteOutcome
+from xcluster_cni_lib.support import jsonlog
+from xcluster_cni_lib.sync.metrics import DaemonMetrics
+
+log = jsonlog.get_logger("xcluster_cni_lib.sync.reconciler")  # the reconciler's events
+
+
+@attrs.frozen
+class SyncResult:
+    """What one reconcile did."""
+
+    desired: int
+    installed: int
+    added: int = 0
+    replaced: int = 0
+    deleted: int = 0
+    deferred_deletes: int = 0
+    restored: int = 0
+    failures: tuple[RouteOutcome, ...] = ()
+    skipped_nodes: int = 0
+    duration: float = 0.0
+    plan: Plan = attrs.field(factory=Plan)
+    full: bool = True  # a full reconcile (else an incremental one)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def conflicts(self) -> int:
+        return sum(1 for f in self.failures if f.status == "conflict")
+
+
+def report_failures(
+    failures: Sequence[RouteOutcome], *, known_conflicts: Collection[Route]
+) -> None:
+    """Log each failed route operation; a conflict warns once while it persists
+    (``known_conflicts``: the routes in conflict at the previous reconcile)."""
+    for f in failures:
+        fields = {"op": f.op, "status": f.status, "reason": f.reason, **f.route.to_json()}
+        if f.status == "conflict":
+            # Warn once per destination while it persists; retries log at debug.
+            if f.route in known_conflicts:
+                log.debug("route conflict persists", **fields)
+            else:
+                log.warning("route conflict: another protocol holds the destination", **fields)
+        else:
+            log.warning("route operation failed", **fields)
+
+
+def record_metrics(
+    metrics: DaemonMetrics,
+    result: SyncResult,
+    *,
+    nodes: int,
+    conflicts_current: int,
+    skipped: Sequence[Problem],
+    problems: Sequence[Problem],
+) -> None:
+    """Count one reconcile in the daemon's metrics."""
+    m = metrics
+    m.syncs.labels(result="ok" if result.ok else "partial").inc()
+    m.sync_duration.observe(result.duration)
+    m.routes_desired.set(result.desired)
+    m.routes_installed.set(result.installed)
+    m.nodes.set(nodes)
+    m.deletes_deferred.set(result.deferred_deletes)
+    for op, count in (
+        ("add", result.added),
+        ("replace", result.replaced),
+        ("delete", result.deleted),
+    ):
+        if count:
+            m.route_ops.labels(op=op).inc(count)
+    for f in result.failures:
+        m.route_op_errors.labels(op=f.op, reason=f.status).inc()
+    if result.conflicts:
+        m.conflicts.inc(result.conflicts)
+    m.conflicts_current.set(conflicts_current)
+    if result.restored:
+        m.routes_restored.inc(result.restored)
+    annotations = {p.key for p in skipped if p.key is not None and p.key not in FIELD_KEYS}
+    m.set_skipped(skip_reasons(skipped, problems, annotations=annotations))
+    m.last_sync.set(time.time())
+
+
+def skip_reasons(
+    skipped: Sequence[Problem], problems: Sequence[Problem], *, annotations: Collection[str | None]
+) -> dict[str, int]:
+    """Count skipped nodes by a short label for the ``nodes_skipped`` metric:
+    ``invalid_annotation`` (a configured annotation is missing or malformed),
+    ``invalid`` (another field is unusable), ``unroutable`` (the planner could not route
+    the node, e.g. no address of its CIDR's family)."""
+    counts: Counter[str] = Counter()
+    for p in skipped:
+        counts[
+            "invalid_annotation" if p.key is not None and p.key in annotations else "invalid"
+        ] += 1
+    for _ in {p.node for p in problems}:
+        counts["unroutable"] += 1
+    return dict(counts)
