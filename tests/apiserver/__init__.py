@@ -67,6 +67,9 @@ every outstanding continue token get 410), ``gone_watches(*, expire=True)`` (end
 streams with a 410 ERROR event now), ``send_bookmarks()``, ``fail_requests(n, status=500,
 *, verbs=None)`` (the next ``n`` requests of those verbs get a Status with that code),
 ``clear_failures()``, ``set_latency(seconds)`` (every later request waits first).
+``intercept``: ``None`` or a callable ``(verb, handler) -> bool`` that may answer a request
+itself (raw bytes: answers over any size, malformed events, no answer at all); see
+``tests.apiserver.hostile``, which installs one.
 
 Counters: ``requests`` (a Counter by verb: ``list``, ``watch``, ``get``, ``create``,
 ``update``, ``patch``, ``delete``, ``discovery``, ``unknown``), ``list_requests``,

@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -220,6 +220,9 @@ class _Handler(BaseHTTPRequestHandler):
         failure = double._take_failure(verb)
         if failure is not None:
             self._status(failure, f"injected failure ({failure})")
+            return
+        intercept = double.intercept  # raw answers (tests.apiserver.hostile)
+        if intercept is not None and intercept(verb, self):
             return
 
         if verb == "discovery":
@@ -561,6 +564,8 @@ class ApiServerDouble:
         self._latency = 0.0
         self._failures: collections.deque[tuple[int, frozenset[str] | None]] = collections.deque()
         self.requests: collections.Counter[str] = collections.Counter()
+        # (verb, handler) -> True when it answered the request itself
+        self.intercept: Callable[[str, Any], bool] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 

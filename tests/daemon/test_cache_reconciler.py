@@ -10,7 +10,14 @@ from collections.abc import Callable, Iterable, Iterator
 
 import pytest
 
-from xcluster_cni_lib.core.values import Annotations, IPNetwork, NodeFacts, Plan, Route
+from xcluster_cni_lib.core.values import (
+    Annotations,
+    IPNetwork,
+    NodeFacts,
+    Plan,
+    Route,
+    RouteOutcome,
+)
 from xcluster_cni_lib.sync.metrics import DaemonMetrics
 from xcluster_cni_lib.sync.nodecache import JOURNAL_SIZE, NodeCache
 from xcluster_cni_lib.sync.reconciler import Reconciler, SyncResult
@@ -298,6 +305,9 @@ class TrackingTable(FakeRouteTable):
         self.routes_to_calls += 1
         return [self.routes[d] for d in dsts if d in self.routes]
 
+    def installed_count(self) -> int:
+        return len(self.routes)
+
     def list_routes(self) -> list[Route]:
         self.valid, self.changed = self.tracking, set()
         return super().list_routes()
@@ -305,6 +315,10 @@ class TrackingTable(FakeRouteTable):
     def remove_by_hand(self, dst: IPNetwork) -> None:
         self.changed.add(dst)
         super().remove_by_hand(dst)
+
+    def change_by_hand(self, route: Route) -> None:
+        self.changed.add(route.dst)
+        super().change_by_hand(route)
 
     def add_foreign(self, route: Route) -> None:
         self.changed.add(route.dst)
@@ -364,6 +378,113 @@ def test_kernel_changes_are_fixed_incrementally_and_counted_as_restored() -> Non
     assert net("10.0.2.0/24") in table.routes and table.list_calls == 1
 
 
+@pytest.mark.parametrize("tracking", [True, False], ids=["incremental", "full"])
+def test_only_a_route_taken_away_counts_as_restored_and_only_once(tracking: bool) -> None:
+    """Restored: a route the last reconcile had in place, as still wanted, that someone
+    removed or rewrote. Not at start, not for node changes, not after a failure; once."""
+    n1v4, n2v6 = net("10.0.1.0/24"), net("fd00:2::/64")
+    # an earlier run left one route (one it wants) and someone removed another
+    table = TrackingTable() if tracking else FakeRouteTable()
+    table.routes[n1v4] = route("10.0.1.0/24", "192.168.0.2")
+    cache = synced_cache(node(1), node(2), node(3))
+    metrics = DaemonMetrics()
+    rec = Reconciler(cache, table, metrics=metrics)
+
+    def reconcile() -> SyncResult:
+        result = rec.run_changes(retry=True)  # a full reconcile for a table that does not track
+        assert result is not None and result.full is not tracking
+        assert result.installed == len(table.routes)
+        return result
+
+    # at start: whatever is missing is added, nothing counts as restored
+    first = rec.run_once()
+    assert (first.added, first.restored, first.installed) == (5, 0, 6)
+    # removed by hand: restored, once
+    table.remove_by_hand(n1v4)
+    result = reconcile()
+    assert (result.added, result.restored) == (1, 1) and n1v4 in table.routes
+    if tracking:
+        assert rec.run_changes() is None
+    assert rec.run_once().restored == 0
+    # rewritten by hand: replaced, restored
+    table.change_by_hand(route("fd00:2::/64", "fc00::99"))
+    result = reconcile()
+    assert (result.replaced, result.restored) == (1, 1)
+    # a node's CIDR changes: a new route, not a restored one
+    cache.upsert(node(3, cidr="10.0.33.0/24"))
+    result = reconcile()
+    assert (result.added, result.deleted, result.restored, result.installed) == (1, 1, 0, 6)
+    # a node's gateway changes while its route was removed by hand: new routes, not restored
+    table.remove_by_hand(n1v4)
+    cache.upsert(node(1, gw="192.168.7.7"))
+    result = reconcile()
+    assert (result.added, result.restored) == (1, 0) and table.routes[n1v4].gateway == ip(
+        "192.168.7.7"
+    )
+    # a route that failed to go in is not restored when it finally does
+    table.unreachable.add(ip("fc00::3"))
+    table.remove_by_hand(n2v6)
+    assert reconcile().failures
+    table.unreachable.clear()
+    result = reconcile()
+    assert (result.added, result.restored) == (1, 0) and n2v6 in table.routes
+    # the same for a node added back after its routes were deleted
+    cache.delete("n2")
+    assert reconcile().deleted == 2
+    cache.upsert(node(2))
+    result = reconcile()
+    assert (result.added, result.restored, result.installed) == (2, 0, 6)
+    assert "xcluster_routes_restored_total 2.0" in metrics.render().decode()
+
+
+def test_after_a_reconcile_that_raised_a_full_one_applies_what_it_took_along() -> None:
+    class Flaky(TrackingTable):
+        down = False
+
+        def apply(self, plan: Plan) -> list[RouteOutcome]:
+            if self.down:
+                raise OSError("netlink is down")
+            return super().apply(plan)
+
+    cache = synced_cache(node(1), node(2))
+    table = Flaky()
+    rec = Reconciler(cache, table)
+    rec.run_once()
+    table.down = True
+    cache.upsert(node(2, gw="192.168.7.7"))
+    with pytest.raises(OSError):
+        rec.run_changes()
+    table.down = False
+    result = rec.run_changes()  # the node change the failed reconcile took along is not lost
+    assert result is not None and result.full
+    assert (result.replaced, result.restored) == (1, 0)
+    assert table.routes[net("10.0.2.0/24")].gateway == ip("192.168.7.7")
+    # one that raised on a change in the kernel: that change is not lost either, and the
+    # route taken away counts as restored (the desired routes did not change meanwhile)
+    table.down = True
+    table.remove_by_hand(net("10.0.1.0/24"))
+    with pytest.raises(OSError):
+        rec.run_changes()
+    table.down = False
+    result = rec.run_changes()
+    assert result is not None and result.full and result.restored == 1
+    assert net("10.0.1.0/24") in table.routes
+    # the same for full reconciles: a node change is not restored, a hand deletion is
+    table.down = True
+    cache.upsert(node(2, gw="192.168.8.8"))
+    with pytest.raises(OSError):
+        rec.run_once()
+    table.down = False
+    result = rec.run_once()
+    assert (result.replaced, result.restored) == (1, 0)
+    table.down = True
+    table.remove_by_hand(net("10.0.1.0/24"))
+    with pytest.raises(OSError):
+        rec.run_once()
+    table.down = False
+    assert rec.run_once().restored == 1
+
+
 def test_whatever_cannot_be_done_incrementally_falls_back_to_a_full_reconcile() -> None:
     cache = synced_cache(node(1), node(2), node(3))
     table = TrackingTable()
@@ -379,11 +500,9 @@ def test_whatever_cannot_be_done_incrementally_falls_back_to_a_full_reconcile() 
         lists = table.list_calls
         return result
 
-    # an overlap: n4 claims n2's CIDR (n2 keeps it: first by name)
+    # an overlap: n4 claims n2's CIDR (contested: neither gets it)
     result = full_after(lambda: cache.upsert(node(4, cidr="10.0.2.0/24")))
-    assert result.skipped_nodes == 1 and table.routes[net("10.0.2.0/24")].gateway == ip(
-        "192.168.0.3"
-    )
+    assert result.skipped_nodes == 2 and net("10.0.2.0/24") not in table.routes
     full_after(lambda: cache.upsert(node(1, gw="192.168.1.1")))  # the own node
     full_after(lambda: cache.replace_all([node(1), node(2)]))  # a full list
     cache.set_healthy(False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import sys
 
 import pytest
 
+from xcluster_cni_lib.core.ranges import RangePolicy
 from xcluster_cni_lib.daemon.config import (
     ConfigError,
     DaemonConfig,
@@ -61,6 +63,14 @@ def test_defaults() -> None:
         ("NODE_NAME", "Not_A_Node"),
         ("KUBECONFIG", "/nonexistent/kubeconfig"),
         ("NODES_FILE", "/"),
+        ("CLUSTER_CIDRS", "10.244.0.0/16,banana"),
+        ("CLUSTER_CIDRS", "10.244.0.0/16,,fd00::/48"),
+        ("CLUSTER_CIDRS", "0.0.0.0/0"),
+        ("MIN_POD_PREFIX_V4", "0"),
+        ("MIN_POD_PREFIX_V4", "31"),
+        ("MIN_POD_PREFIX_V4", "eight"),
+        ("MIN_POD_PREFIX_V6", "127"),
+        ("MIN_POD_PREFIX_V6", "-1"),
     ],
 )
 def test_invalid_values_name_the_variable(var: str, value: str) -> None:
@@ -183,3 +193,33 @@ def test_the_daemon_and_the_tools_accept_the_same_annotation_keys(key: str) -> N
 
     assert daemon_accepts("ADDRESS_ANNOTATION") == tools_accept(address=key)
     assert daemon_accepts("CIDR_ANNOTATION") == tools_accept(cidr=key)
+
+
+def test_the_pod_cidr_rule_settings() -> None:
+    c = load()
+    assert c.cluster_cidrs == () and (c.min_pod_prefix_v4, c.min_pod_prefix_v6) == (8, 32)
+    assert c.range_policy == RangePolicy()
+    c = load(
+        CLUSTER_CIDRS=" 10.244.0.0/16 , fd00:10:244::/48",
+        MIN_POD_PREFIX_V4="16",
+        MIN_POD_PREFIX_V6="48",
+    )
+    assert [str(n) for n in c.cluster_cidrs] == ["10.244.0.0/16", "fd00:10:244::/48"]
+    assert c.range_policy.refusal(ipaddress.ip_network("10.245.0.0/24")) is not None
+    assert c.range_policy.refusal(ipaddress.ip_network("10.244.0.0/15")) is not None
+    assert c.range_policy.refusal(ipaddress.ip_network("10.244.7.0/24")) is None
+    log = c.to_log()
+    assert log["cluster_cidrs"] == "10.244.0.0/16,fd00:10:244::/48"
+    assert (log["min_pod_prefix_v4"], log["min_pod_prefix_v6"]) == (16, 48)
+    assert load(CLUSTER_CIDRS="").cluster_cidrs == ()  # empty: no allow-list
+
+
+def test_a_cluster_cidr_in_the_deny_list_is_warned_about() -> None:
+    c = load(CLUSTER_CIDRS="10.244.0.0/16,169.254.0.0/16")
+    assert any("169.254.0.0/16 overlaps the link-local range" in w for w in c.warnings)
+
+
+def test_a_huge_bad_value_makes_a_short_error() -> None:
+    with pytest.raises(ConfigError) as e:
+        load(CLUSTER_CIDRS="x" * 300_000)
+    assert e.value.name == "CLUSTER_CIDRS" and len(str(e.value)) < 700

@@ -30,7 +30,7 @@ from xcluster_cni_lib.sources.kube import load_api_client
 from xcluster_cni_lib.sources.watching import KubeNodeSource
 from xcluster_cni_lib.sync.reconciler import SyncResult
 from xcluster_cni_lib.testing.netns import add_netns, del_netns, run_in, unique_name
-from xcluster_cni_lib.testing.nodes import make_node
+from xcluster_cni_lib.testing.nodes import default_internal_ips, default_pod_cidrs, make_node
 
 pytestmark = pytest.mark.root
 
@@ -177,6 +177,20 @@ def test_a_route_deleted_or_changed_by_hand_comes_back_within_a_second(
         wait_for(
             lambda: metric(http_get(daemon, "/metrics")[1], "xcluster_routes_restored_total") == 2
         )
+        # a node's CIDR changes: its route moves, which is not a restore
+        rec = daemon.reconciler
+        wait_for(lambda: not rec.pending, what="idle reconciler")
+        seen: list[SyncResult | None] = []
+        rec.on_iteration = seen.append
+        v6 = default_pod_cidrs(3)[1]
+        api.update_node(make_node("n3", index=3, images=2, pod_cidrs=("10.244.33.0/24", v6)))
+        moved = {r for r in want if not r[0].startswith("10.244.3.")}
+        moved.add(("10.244.33.0/24", default_internal_ips(3)[0]))
+        wait_routes(ns, 202, moved)
+        wait_for(lambda: any(r is not None and r.plan for r in seen), what="the reconcile")
+        work = [r for r in seen if r is not None and r.plan]
+        assert [(r.added, r.deleted, r.restored) for r in work] == [(1, 1, 0)]
+        assert metric(http_get(daemon, "/metrics")[1], "xcluster_routes_restored_total") == 2
 
 
 def test_changes_between_resyncs_are_incremental_and_our_echoes_free(

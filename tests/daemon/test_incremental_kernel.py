@@ -1,7 +1,8 @@
 """Incremental reconciles against the real kernel: after any mix of node changes and
 changes made by hand (ours deleted or rewritten, another protocol's routes added and
 removed), a reconcile of what changed leaves the kernel exactly as a full reconcile
-would, without listing the table."""
+would, without listing the table; it counts the routes put back after a hand change as
+restored (and no other) and reports as installed what the kernel holds."""
 
 from __future__ import annotations
 
@@ -45,8 +46,10 @@ def test_incremental_reconciles_agree_with_a_full_one(netns: str) -> None:
         NetlinkRouteTable(PROTO, netns=netns) as observer,
     ):
         rec = Reconciler(cache, table, node_name="n00")
-        assert rec.run_once().added == 38
-        lists = 0
+        first = rec.run_once()
+        assert (first.added, first.restored, first.installed) == (38, 0, 38)
+        expected = set(observer.list_routes())
+        lists = restores = 0
 
         def count_lists() -> None:
             nonlocal lists
@@ -62,6 +65,7 @@ def test_incremental_reconciles_agree_with_a_full_one(netns: str) -> None:
         for step in range(80):
             i = rng.randrange(1, 24)
             action = rng.choice(["move", "cidr", "delete", "upsert", "hand", "foreign"])
+            taken = False
             if action == "move":
                 nodes[i] = facts(i, gw=rng.randrange(1, 4))
                 cache.upsert(nodes[i])
@@ -76,6 +80,8 @@ def test_incremental_reconciles_agree_with_a_full_one(netns: str) -> None:
                 cache.upsert(nodes[i])
             elif action == "hand":
                 dst = f"10.50.{i}.0/24"
+                # ours, as wanted, taken away (the other gateway is never a node's)
+                taken = any(str(r.dst) == dst for r in expected)
                 if rng.random() < 0.5:
                     run_in(netns, ["ip", "route", "del", dst, "proto", str(PROTO)], check=False)
                 else:
@@ -91,14 +97,59 @@ def test_incremental_reconciles_agree_with_a_full_one(netns: str) -> None:
                     via = ["via", "fd00::99", "proto", str(OTHER)]
                     run_in(netns, ["ip", "-6", "route", "replace", dst, *via])
                     foreign.add(dst)
-            rec.run_changes(retry=True)
+            result = rec.run_changes(retry=True)
 
             networks = cache.snapshot().networks
             wanted, _ = desired_routes(networks, own="n00")
             expected = {r for r in wanted if str(r.dst) not in foreign}
-            assert set(observer.list_routes()) == expected, f"step {step}: {action} {i}"
+            present = observer.list_routes()
+            assert set(present) == expected, f"step {step}: {action} {i}"
+            restored = result.restored if result is not None else 0
+            assert restored == taken, f"step {step}: {action} {i}"
+            restores += restored
+            assert rec.last_result is not None and rec.last_result.installed == len(present)
         # most steps were handled without listing the table: only overlaps and the own
         # node force a full reconcile
-        print(f"{lists} lists in 80 steps")
+        print(f"{lists} lists in 80 steps, {restores} restored")
+        assert restores >= 5, restores
         assert lists < 30, lists
     assert ipaddress.ip_network("10.50.0.0/24") not in {r.dst for r in expected}  # own node
+
+
+def test_a_route_taken_away_is_restored_once_and_a_node_change_is_not(netns: str) -> None:
+    add_gateways(netns)
+    cache = NodeCache()
+    cache.replace_all(facts(i) for i in range(1, 4))
+    cache.set_healthy(True)
+    with NetlinkRouteTable(PROTO, netns=netns) as table:
+        run_in(netns, f"ip route add 10.50.1.0/24 via 192.168.0.2 proto {PROTO}".split())
+        rec = Reconciler(cache, table)
+        first = rec.run_once()  # at start nothing counts as restored
+        assert (first.added, first.restored, first.installed) == (5, 0, 6)
+        run_in(netns, ["ip", "route", "del", "10.50.1.0/24", "proto", str(PROTO)])
+        result = rec.run_changes()
+        assert result is not None and not result.full
+        assert (result.added, result.restored, result.installed) == (1, 1, 6)
+        assert rec.run_changes() is None  # our own write's event: nothing more
+        assert rec.run_once().restored == 0
+        # rewritten by hand (another gateway, our protocol): put back, restored
+        run_in(netns, f"ip -6 route replace fd00:50:2::/64 via fd00::9:3 proto {PROTO}".split())
+        result = rec.run_changes()
+        assert result is not None and (result.replaced, result.restored) == (1, 1)
+        # a full reconcile restores a route taken away as well
+        run_in(netns, ["ip", "route", "del", "10.50.2.0/24", "proto", str(PROTO)])
+        assert (rec.run_once().restored, rec.run_changes()) == (1, None)
+        # a node's CIDR changes: a new route and a delete, nothing restored
+        cache.upsert(facts(3, cidr="10.50.33.0/24"))
+        result = rec.run_changes()
+        assert result is not None and not result.full
+        assert (result.added, result.deleted, result.restored, result.installed) == (1, 1, 0, 6)
+        # a node's addresses change while its route was deleted by hand: not restored
+        run_in(netns, ["ip", "route", "del", "10.50.1.0/24", "proto", str(PROTO)])
+        cache.upsert(facts(1, gw=1))
+        result = rec.run_changes()
+        assert result is not None and (result.added, result.replaced) == (1, 1)
+        assert (result.restored, result.installed) == (0, 6)
+        assert set(table.list_routes()) == set(
+            desired_routes(cache.snapshot().networks, own=None)[0]
+        )

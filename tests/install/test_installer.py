@@ -15,6 +15,7 @@ from xcluster_cni_lib.core.errors import InputError
 from xcluster_cni_lib.install import files, plan, service
 from xcluster_cni_lib.install.service import Action, InstallPaths
 from xcluster_cni_lib.plugin import kubelite
+from xcluster_cni_lib.plugin.config import parse_config
 from xcluster_cni_lib.support import atomicfile
 
 NODE = "node-a"
@@ -288,6 +289,47 @@ def test_missing_service_host_is_named(host: Host) -> None:
     host.env = {}
     with pytest.raises(InputError, match="KUBERNETES_SERVICE_HOST"):
         host.install()
+
+
+def test_cluster_cidrs_reach_the_conflist_as_the_plugins_allow_list(host: Host) -> None:
+    env = {"NODE_NAME": NODE, "CLUSTER_CIDRS": " 10.244.0.0/16 , fd00:10:244::/48"}
+    settings = service.settings_from_env(env, mtu="1500")
+    service.run_install(settings, host.paths, env=host.env, detect_mtu=host.detect_mtu)
+    conflist = json.loads((host.conf / "10-xcluster-cni.conflist").read_text())
+    bridge = conflist["plugins"][0]
+    assert bridge["ipam"]["clusterCIDRs"] == ["10.244.0.0/16", "fd00:10:244::/48"]
+    # the kube-node plugin reads it as its allow-list
+    netconf = {**bridge, "cniVersion": conflist["cniVersion"], "name": conflist["name"]}
+    parsed = parse_config(netconf, plugin="kube-node", cni_version="1.0.0", env={})
+    assert parsed.cluster_cidrs == ("10.244.0.0/16", "fd00:10:244::/48")
+
+
+@pytest.mark.parametrize("value", [None, "", "  "])
+def test_no_cluster_cidrs_writes_no_allow_list(host: Host, value: str | None) -> None:
+    env = {"NODE_NAME": NODE} if value is None else {"NODE_NAME": NODE, "CLUSTER_CIDRS": value}
+    settings = service.settings_from_env(env, mtu="1500")
+    service.run_install(settings, host.paths, env=host.env, detect_mtu=host.detect_mtu)
+    conflist = json.loads((host.conf / "10-xcluster-cni.conflist").read_text())
+    assert "clusterCIDRs" not in conflist["plugins"][0]["ipam"]
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ("10.244.0.0/16,banana", "banana"),
+        ("10.244.0.0/16,,fd00::/48", "''"),
+        ("0.0.0.0/0", "allows everything"),
+        ("x" * 100_000, "x" * 50),
+    ],
+)
+def test_a_bad_cluster_cidrs_stops_the_installer_naming_it(
+    host: Host, value: str, named: str
+) -> None:
+    with pytest.raises(InputError, match="CLUSTER_CIDRS") as e:
+        service.settings_from_env({"NODE_NAME": NODE, "CLUSTER_CIDRS": value})
+    assert named in str(e.value)
+    assert len(str(e.value)) < 600  # a huge value is not echoed whole
+    assert not (host.conf / "10-xcluster-cni.conflist").exists()
 
 
 # -- the one atomic writer (support.atomicfile), which the installer, the IPAM cache and

@@ -1,6 +1,7 @@
 """Every manifest in deploy/ is valid against the Kubernetes schemas (offline, strict:
 unknown fields are errors) and grants exactly what the docs promise: read-only access to
-nodes, NET_ADMIN only, a read-only root filesystem, probes on the daemon's endpoints."""
+nodes, NET_ADMIN only, a read-only root filesystem, the runtime's default seccomp profile,
+probes on the daemon's endpoints, one CLUSTER_CIDRS for the installer and the daemon."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ import pytest
 import yaml
 from xcluster_cni_daemon import cli
 
-from xcluster_cni_lib.daemon.config import DEFAULT_PROTOCOL, SETTINGS, parse_http_address
+from xcluster_cni_lib.core.ranges import parse_cidr_list
+from xcluster_cni_lib.daemon.config import (
+    DEFAULT_PROTOCOL,
+    SETTINGS,
+    load_config,
+    parse_http_address,
+)
 from xcluster_cni_lib.install import plan
 from xcluster_cni_lib.install.service import INSTALL_ENV
 
@@ -153,6 +160,32 @@ def test_daemon_container_has_net_admin_only_and_probes(name: str) -> None:
     assert resources["limits"]["memory"]
 
 
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_every_container_runs_under_the_runtime_default_seccomp_profile(name: str) -> None:
+    spec = _pod_spec(name)
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in spec["containers"] + spec["initContainers"]:
+        own = container.get("securityContext", {}).get("seccompProfile")
+        assert own in (None, {"type": "RuntimeDefault"}), (container["name"], own)
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_cluster_cidrs_is_valid_and_the_same_for_the_installer_and_the_daemon(
+    name: str,
+) -> None:
+    spec = _pod_spec(name)
+    daemon = _env(_container(spec, "xcluster-cni", init=False))
+    assert "CLUSTER_CIDRS" in daemon  # a visible place to set it
+    daemon_value = load_config(
+        {"CLUSTER_CIDRS": daemon["CLUSTER_CIDRS"]}, rt_protos={}
+    ).cluster_cidrs
+    install = _env(_container(spec, "install", init=True))
+    if plan.parse_yes_no("INSTALL_K8S_NET", install.get("INSTALL_K8S_NET"), default=True):
+        # the conflist's clusterCIDRs and the daemon's allow-list are one setting
+        value = plan.parse_cluster_cidrs("CLUSTER_CIDRS", install["CLUSTER_CIDRS"])
+        assert value == daemon_value
+
+
 def test_secondary_instance_is_separate_from_the_main_one() -> None:
     main = _pod_spec("xcluster-cni.yaml")
     second = _pod_spec("xcluster-cni-secondary-net.yaml")
@@ -167,6 +200,13 @@ def test_secondary_instance_is_separate_from_the_main_one() -> None:
     )
     ds = _one("xcluster-cni-secondary-net.yaml", "DaemonSet")
     assert ds["metadata"]["name"] != _one("xcluster-cni.yaml", "DaemonSet")["metadata"]["name"]
+    # its nodes' CIDRs come from an annotation they can write: the example's NAD hands out
+    # addresses from the same ranges the instance routes
+    (nad,) = _docs(DEPLOY / "examples" / "nad-kube-node.yaml")
+    (bridge,) = json.loads(nad["spec"]["config"])["plugins"]
+    assert bridge["ipam"]["annotation"] == env["CIDR_ANNOTATION"]
+    routed = load_config({"CLUSTER_CIDRS": env["CLUSTER_CIDRS"]}, rt_protos={}).cluster_cidrs
+    assert routed and [str(c) for c in routed] == bridge["ipam"]["clusterCIDRs"]
 
 
 def test_static_pod_names_the_api_server_and_uses_the_written_kubeconfig() -> None:
@@ -203,6 +243,8 @@ def test_nad_examples_use_our_ipam_with_the_installed_kubeconfig(name: str) -> N
     # the node-name file is found beside this kubeconfig (a NAD cannot name the node)
     assert ipam["kubeconfig"] == f"/etc/cni/net.d/{plan.KUBECONFIG_NAME}"
     assert "nodeName" not in ipam
+    # the nodes write the annotation themselves: the example limits what it hands out
+    assert parse_cidr_list(",".join(ipam["clusterCIDRs"]), key="clusterCIDRs")
     assert bridge["bridge"] != plan.BRIDGE  # not the main network's bridge
 
 

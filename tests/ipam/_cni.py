@@ -91,6 +91,8 @@ def invoke(
     else:
         stdin = conf
     full_env = dict(env) if env is not None else cni_env(command, **kw)
+    if exe and "PYTHONPATH" in os.environ:  # to run the executables against another tree
+        full_env.setdefault("PYTHONPATH", os.environ["PYTHONPATH"])
     if exe:
         proc = subprocess.run(
             [str(BIN / plugin)],

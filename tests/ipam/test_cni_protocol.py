@@ -263,7 +263,9 @@ def test_cni_args_exact(text: str, parsed: dict[str, str]) -> None:
     assert p.parse_cni_args(text) == parsed
 
 
-@pytest.mark.parametrize("text", ["=x;A=1", "IgnoreUnknown=0;junk", "IgnoreUnknown=yes;junk"])
+@pytest.mark.parametrize(
+    "text", ["=x;A=1", "IgnoreUnknown=0;junk", "IgnoreUnknown=yes;junk", "junk;=y;also-junk"]
+)
 def test_cni_args_errors_name_the_first_bad_item(text: str) -> None:
     with pytest.raises(p.CniError) as e:
         p.parse_cni_args(text)

@@ -100,7 +100,24 @@ def test_wrong_token_is_a_clear_error(api: ApiServerDouble, conf: Conf, tmp_path
     doc["users"][0]["user"]["token"] = "wrong"
     path.write_text(json.dumps(doc))
     err = invoke(conf(kubeconfig=str(path)), "ADD").error()
-    assert err["code"] == 11 and "401" in err["msg"]
+    # refused credentials are configuration (7), naming the kubeconfig and the status:
+    # retrying with the same token cannot help
+    assert err["code"] == 7 and "401" in err["msg"], err
+    assert str(path) in err["msg"]
+
+
+def test_forbidden_is_a_configuration_error(
+    api: ApiServerDouble, conf: Conf, kubeconfig: Path
+) -> None:
+    api.fail_requests(1, status=403)
+    err = invoke(conf(), "ADD").error()
+    assert err["code"] == 7 and "403" in err["msg"], err
+    assert str(kubeconfig) in err["msg"]
+
+
+def test_server_errors_are_still_try_again_later(api: ApiServerDouble, conf: Conf) -> None:
+    api.fail_requests(1, status=500)
+    assert invoke(conf(), "ADD").error()["code"] == 11
 
 
 def test_node_missing_from_the_api(api: ApiServerDouble, conf: Conf, data_dir: Path) -> None:

@@ -59,6 +59,47 @@ def test_tracking_reports_what_others_change_and_not_our_own_writes(
         NetlinkRouteTable(PROTO, netns=gw_netns).routes_to([a4.dst])
 
 
+def test_the_tracked_view_counts_our_routes_without_a_dump(
+    gw_netns: str, table: NetlinkRouteTable
+) -> None:
+    """``installed_count`` follows our writes and everyone else's changes, and agrees
+    with a dump of the table each time (routes a ``Route`` cannot describe excluded)."""
+    with NetlinkRouteTable(PROTO, netns=gw_netns) as observer:
+        with pytest.raises(RuntimeError, match="list_routes"):
+            observer.installed_count()  # not tracking: no view to count
+
+        def count() -> int:
+            table.changed_destinations()  # reads the events so far
+            n = table.installed_count()
+            assert n == len(observer.list_routes())
+            return n
+
+        table.track()
+        run_in(gw_netns, f"ip route add 10.9.0.0/24 via {GW4} proto {PROTO}".split())
+        table.list_routes()
+        assert count() == 1
+        a4, a6, b4 = route("10.1.0.0/24", GW4), route("fd01:1::/64", GW6), route("10.2.0.0/24", GW4)
+        assert all(o.ok for o in table.apply(Plan(add=(a4, a6, b4))))
+        assert count() == 4
+        table.apply(Plan(add=(a4,), replace=(route("10.2.0.0/24", GW4B),), delete=(a6,)))
+        assert count() == 3  # an add found in place and a replace count once
+        run_in(gw_netns, ["ip", "route", "del", "10.1.0.0/24"])
+        assert count() == 2
+        run_in(gw_netns, f"ip route add 10.3.0.0/24 via {GW4} proto {PROTO}".split())
+        run_in(gw_netns, f"ip route append 10.3.0.0/24 via {GW4B} proto {PROTO}".split())
+        assert count() == 4  # an append: a second route to the same destination
+        run_in(gw_netns, f"ip route del 10.3.0.0/24 via {GW4B} proto {PROTO}".split())
+        assert count() == 3
+        multipath = ["nexthop", "via", str(GW4), "nexthop", "via", str(GW4B)]
+        run_in(gw_netns, ["ip", "route", "add", "10.6.0.0/24", "proto", str(PROTO), *multipath])
+        assert count() == 3  # no single gateway: not a route we list
+        # another protocol's replace takes our route's place
+        run_in(gw_netns, f"ip route replace 10.2.0.0/24 via {GW4} proto {OTHER}".split())
+        assert count() == 2
+        run_in(gw_netns, f"ip -6 route add fd01:2::/64 via {GW6} proto {PROTO}".split())
+        assert count() == 3
+
+
 def test_failed_writes_are_reported_when_they_may_succeed(
     gw_netns: str, table: NetlinkRouteTable
 ) -> None:

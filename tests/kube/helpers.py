@@ -32,6 +32,7 @@ class RecordingSink:
         self.calls: list[tuple[str, Any]] = []
         self.nodes: dict[str, NodeFacts] = {}
         self.healthy: bool | None = None
+        self.reason: str | None = None
 
     def replace_all(self, nodes: Iterable[NodeFacts]) -> None:
         with self.lock:
@@ -48,10 +49,11 @@ class RecordingSink:
             self.calls.append(("delete", name))
             self.nodes.pop(name, None)
 
-    def set_healthy(self, healthy: bool) -> None:
+    def set_healthy(self, healthy: bool, reason: str | None = None) -> None:
         with self.lock:
             self.calls.append(("healthy", healthy))
             self.healthy = healthy
+            self.reason = None if healthy else reason
 
     def count(self, kind: str) -> int:
         with self.lock:

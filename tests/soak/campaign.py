@@ -293,7 +293,14 @@ class Campaign:
                     continue
                 present = _dsts(self.kernel(d))
                 touched = self.cluster.touched_since(since)  # after the read: no race
-                keep = {dst for dst, node in base[d.key].items() if node not in touched}
+                # Still wanted now: a node that takes an untouched node's CIDR makes it
+                # contested, and a contested CIDR is routed to neither (docs/node-data.md).
+                wanted = _dsts(self.expected(d))
+                keep = {
+                    dst
+                    for dst, node in base[d.key].items()
+                    if node not in touched and dst in wanted
+                }
                 self.checks["no_flush_sample"] += 1
                 missing = keep - present
                 new = {(d.key, m) for m in missing} - reported

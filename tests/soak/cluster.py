@@ -214,7 +214,7 @@ class Cluster:
         r = rng.random()
         if r < 0.25:
             # A CIDR change: the CIDRs of an unused index, or (rarely) another node's, which
-            # overlaps and must be resolved by name order alike in the daemon and here.
+            # overlaps: contested, routed to neither, alike in the daemon and here.
             if rng.random() < 0.1:
                 other = self.specs[rng.choice(self.virtual())]
                 spec.pod_cidrs = other.pod_cidrs

@@ -461,8 +461,8 @@ def test_facts_carry_the_annotations_they_were_read_with() -> None:
         ("fd00::/128", False),
         ("::ffff:10.1.0.0/126", True),  # 10.1.0.0/30
         ("::ffff:10.1.0.0/127", False),  # 10.1.0.0/31
-        ("10.0.0.0/1", True),
-        ("::/1", True),
+        ("10.0.0.0/8", True),  # broad CIDRs down to the minimum prefix (core.ranges)
+        ("fd00::/32", True),
     ],
 )
 def test_the_smallest_pod_cidr_holds_a_gateway_and_a_pod(cidr: str, usable: bool) -> None:

@@ -107,14 +107,15 @@ def test_node_without_pod_cidr_is_reported() -> None:
         ("fd00::/64", "fd00::1:0/112"),
     ],
 )
-def test_overlapping_cidrs_first_name_wins(first: str, second: str) -> None:
+def test_overlapping_cidrs_are_contested_whatever_the_names(first: str, second: str) -> None:
     a = N("a", (first,), ("192.168.1.1", "fd00:1::1"))
     b = N("b", (second,), ("192.168.1.2", "fd00:1::2"))
     for order in ([a, b], [b, a]):
         routes, problems = desired_routes(order, own=None)
-        assert [r.node for r in routes] == ["a"]
-        assert [(p.node, p.value) for p in problems] == [("b", second)]
-        assert f"node a's pod CIDR {net(first)}" in problems[0].reason
+        assert routes == []
+        assert [(p.node, p.value) for p in problems] == [("a", first), ("b", second)]
+        assert f"node a's pod CIDR {net(first)}" in problems[1].reason
+        assert problems[0].reason.endswith("contested, no route to either")
 
 
 def test_own_cidr_is_never_routed_away() -> None:
@@ -125,12 +126,12 @@ def test_own_cidr_is_never_routed_away() -> None:
     assert "this node's own pod CIDR 10.244.1.0/24" in problems[0].reason
 
 
-def test_overlap_keeps_the_winner_and_other_families() -> None:
+def test_an_overlap_costs_only_its_family() -> None:
     a = N("a", ("10.244.1.0/24", "fd00:1::/64"), ("192.168.1.1", "fd00::1"))
     b = N("b", ("10.244.1.0/24", "fd00:2::/64"), ("192.168.1.2", "fd00::2"))
     routes, problems = desired_routes([a, b], own=None)
-    assert {(r.node, r.family) for r in routes} == {("a", 4), ("a", 6), ("b", 6)}
-    assert len(problems) == 1
+    assert {(r.node, r.family) for r in routes} == {("a", 6), ("b", 6)}
+    assert [p.node for p in problems] == ["a", "b"]
 
 
 def test_loser_with_unroutable_cidr_still_blocks_later_overlaps() -> None:
@@ -234,6 +235,33 @@ def test_canonical_comparison_of_mapped_ipv4() -> None:
     assert plan_routes([mapped], []) == Plan(add=(R(D1, G1),))
     plain = R("fd00::/64", "fd00::1")
     assert canonical_route(plain) is plain
+
+
+def test_canonical_route_with_one_mapped_half() -> None:
+    v4 = R(D1, G1, node="a")
+    for mapped in (
+        Route(dst=net("::ffff:10.244.1.0/120"), gateway=ip(G1), node="a"),  # mapped dst only
+        Route(dst=net(D1), gateway=ip("::ffff:192.168.1.1"), node="a"),  # mapped gateway only
+    ):
+        got = canonical_route(mapped)
+        assert (type(got.dst), type(got.gateway), got) == (type(v4.dst), type(v4.gateway), v4)
+        assert got.node == "a"
+    assert canonical_route(v4) is v4
+
+
+def test_model_replace_rewrites_the_lowest_gateway_route() -> None:
+    # the kernel model of the module doc: replace rewrites one route of the destination
+    assert apply_plan_model([R(D1, G1)], Plan(replace=(R(D1, G2),))) == {R(D1, G2)}
+    assert apply_plan_model([R(D1, G2), R(D1, G1)], Plan(replace=(R(D1, G3),))) == {
+        R(D1, G2),
+        R(D1, G3),
+    }
+    assert apply_plan_model([], Plan(replace=(R(D1, G2),))) == {R(D1, G2)}  # or creates it
+    assert apply_plan_model([R(D1, G1)], Plan(delete=(R(D1, G2),))) == {R(D1, G1)}
+    # the other orders of the module doc apply the lists as given
+    plan = Plan(add=(R(D2, G1),), delete=(R(D2, G1),))
+    assert apply_plan_model([], plan, order=("delete", "replace", "add")) == {R(D2, G1)}
+    assert apply_plan_model([], plan, order=("add", "replace", "delete")) == set()
 
 
 def test_first_desired_route_per_destination_wins() -> None:
@@ -387,8 +415,8 @@ def test_desired_routes_state_recomputes_when_an_overlap_is_involved() -> None:
     a = N("a", ("10.244.0.0/16",), ("192.168.1.1",))
     b = N("b", ("10.244.1.0/24",), ("192.168.1.2",))
     state = DesiredRoutes([a, b], own=None)
-    assert list(state.routes) == [net("10.244.0.0/16")] and len(state.problems()) == 1
-    # a leaves: b, which lost the overlap, now gets its route
+    assert list(state.routes) == [] and len(state.problems()) == 2  # contested
+    # a leaves: b's CIDR is no longer contested and gets its route
     assert state.update({"a": None}) is None
     assert list(state.routes.values()) == [R("10.244.1.0/24", "192.168.1.2")]
     assert state.problems() == []
@@ -408,6 +436,20 @@ def test_a_change_after_a_recomputation_stays_local() -> None:
     c = N("c", ("10.244.1.0/24",), ("192.168.1.3",))
     assert state.update({"c": c}) == {net("10.244.1.0/24")}
     assert state.routes[net("10.244.1.0/24")] == R("10.244.1.0/24", "192.168.1.3", "c")
+
+
+def test_a_cidr_left_locally_is_free_for_a_local_change() -> None:
+    a = N("a", ("10.244.1.0/24",), ("192.168.1.1",))
+    b = N("b", ("10.244.2.0/24",), ("192.168.1.2",))
+    state = DesiredRoutes([a, b], own=None)
+    moved = N("a", ("10.244.3.0/24",), ("192.168.1.1",))
+    assert state.update({"a": moved}) == {net("10.244.1.0/24"), net("10.244.3.0/24")}
+    # 10.244.1.0/24 belongs to nobody now: a node taking it is planned alone
+    c = N("c", ("10.244.1.0/25",), ("192.168.1.3",))
+    assert state.update({"c": c}) == {net("10.244.1.0/25")}
+    assert state.update({"c": None}) == {net("10.244.1.0/25")}
+    assert state.update({"b": None}) == {net("10.244.2.0/24")}
+    assert list(state.routes.values()) == [R("10.244.3.0/24", "192.168.1.1")]
 
 
 def test_cidr_index_finds_equal_containing_and_contained() -> None:
@@ -476,10 +518,12 @@ def wide_networks(draw: st.DrawFn) -> list[NodeNetwork]:
 def reference_desired_routes(
     nodes: list[NodeNetwork], own: str | None
 ) -> tuple[list[Route], list[str]]:
-    """``desired_routes`` as its docstring says it, by brute force: claims go to ``own``,
-    then in name order; a CIDR overlapping an earlier claim loses to the earliest one."""
-    ordered = sorted(nodes, key=lambda n: n.name)
-    claims = [(c, n.name) for n in ordered if n.name == own for c in n.cidrs]
+    """``desired_routes`` as the module doc says it, by brute force: a CIDR overlapping
+    another node's (the own node's included) is contested and nobody's; a node address
+    that is one of the own node's is no gateway."""
+    by_name = {n.name: n for n in nodes}
+    ordered = sorted(by_name.values(), key=lambda n: n.name)
+    own_addresses = set(by_name[own].addresses) if own in by_name else set()
     routes: list[Route] = []
     problems: list[str] = []
     for n in ordered:
@@ -488,23 +532,38 @@ def reference_desired_routes(
         if not n.cidrs:
             problems.append(f"node {n.name}: no pod CIDR; no route to this node")
         for cidr in n.cidrs:
-            hit = next(
-                ((c, o) for c, o in claims if c.version == cidr.version and c.overlaps(cidr)), None
+            rivals = sorted(
+                {
+                    m.name
+                    for m in ordered
+                    if m.name != n.name
+                    for c in m.cidrs
+                    if c.version == cidr.version and c.overlaps(cidr)
+                }
             )
-            if hit is not None:
-                whose = "this node's own" if hit[1] == own else f"node {hit[1]}'s"
-                problems.append(
-                    f"node {n.name}: pod CIDR {cidr} overlaps {whose} pod CIDR {hit[0]}; no route"
-                )
-                continue
-            claims.append((cidr, n.name))
             address = next((a for a in n.addresses if a.version == cidr.version), None)
-            if address is None:
+            if rivals:
+                named = []
+                for rival in rivals[:3]:
+                    theirs = next(c for c in by_name[rival].cidrs if c.version == cidr.version)
+                    whose = "this node's own" if rival == own else f"node {rival}'s"
+                    named.append(f"{whose} pod CIDR {theirs}")
+                tail = f" and {len(rivals) - 3} more" if len(rivals) > 3 else ""
+                problems.append(
+                    f"node {n.name}: pod CIDR {cidr} overlaps {', '.join(named)}{tail}: "
+                    "contested, no route to either"
+                )
+            elif address is None:
                 problems.append(
                     f"node {n.name}: no IPv{cidr.version} address; no route to its pod CIDR {cidr}"
                 )
-                continue
-            routes.append(Route(dst=cidr, gateway=address, node=n.name))
+            elif address in own_addresses:
+                problems.append(
+                    f"node {n.name}: address {address} is this node's own; "
+                    f"no route to its pod CIDR {cidr}"
+                )
+            else:
+                routes.append(Route(dst=cidr, gateway=address, node=n.name))
     routes.sort(key=route_sort_key)
     return routes, problems
 

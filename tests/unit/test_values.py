@@ -6,7 +6,15 @@ import ipaddress
 
 import pytest
 
-from xcluster_cni_lib.core.values import NodeNetwork, Plan, Problem, Route, RouteOutcome
+from xcluster_cni_lib.core.errors import InputError
+from xcluster_cni_lib.core.values import (
+    Annotations,
+    NodeNetwork,
+    Plan,
+    Problem,
+    Route,
+    RouteOutcome,
+)
 
 net = ipaddress.ip_network
 ip = ipaddress.ip_address
@@ -112,3 +120,10 @@ def test_node_network_lookup_by_family() -> None:
         addresses=(ip("fd00:1::2"),),
         problems=(Problem("n2", "x"),),
     )
+
+
+def test_annotation_keys_must_be_strings() -> None:
+    with pytest.raises(InputError) as info:
+        Annotations(cidr=5)  # type: ignore[arg-type]  # as from a parsed YAML config
+    assert str(info.value) == "cidr annotation: 5 is not a string"
+    assert Annotations(address="example.com/ip").keys() == ("example.com/ip",)

@@ -10,17 +10,25 @@ Where the values come from (``NodeFacts.annotations`` says which):
 - addresses: ``status.addresses`` of type ``InternalIP``, or, when an address annotation
   name is configured, that annotation (comma-separated).
 
+Every CIDR must also pass the range policy (``core.ranges.RangePolicy``: the deny-list,
+the minimum prefix lengths, ``CLUSTER_CIDRS`` when set, the host's connected subnets when
+given); the parse functions take it as ``policy`` (default: the deny-list and the default
+minimum prefixes, no allow-list, no host subnets). A CIDR the policy refuses is not a pod
+CIDR.
+
 Kubernetes-owned fields are read leniently: the first valid entry per family is used and
-extra, duplicate or malformed entries become ``Problem``s on the network. Annotations are
-written by people, so they are strict: anything odd raises ``InvalidNode`` naming the
-node, the annotation and the whole bad value, and the node is not used at all:
+extra, duplicate, malformed or refused entries become ``Problem``s on the network.
+Annotations are written by people (and, for secondary networks, by the node itself), so
+they are strict: anything odd raises ``InvalidNode`` naming the node, the annotation and
+the bad value (shortened to 200 characters and its length), and the node is not used at all:
 
 - the annotation is configured but missing on the node, or its value is empty;
 - an item is empty (``"a,,b"``, a trailing comma) or not a CIDR / not an address;
 - more than two items, or two of one family;
-- a CIDR of length 0 (a default route is never a pod CIDR) or too small to hold pods
-  (IPv4 longer than /30, IPv6 longer than /126: no room for a gateway and a pod); an
-  address that cannot be a gateway (unspecified, loopback, multicast);
+- a CIDR of length 0 (a default route is never a pod CIDR), too small to hold pods
+  (IPv4 longer than /30, IPv6 longer than /126: no room for a gateway and a pod) or
+  refused by the policy; an address that cannot be a gateway (unspecified, loopback,
+  multicast);
 - an address of the wrong family: an annotated address whose family none of the node's
   pod CIDRs has (``fd00::1`` for an IPv4-only node). Such an address can never be a
   gateway for this node, so it is a typo or a stale value. (A node with no pod CIDR at
@@ -35,8 +43,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from xcluster_cni_lib.core.addresses import parse_address, parse_cidr, split_list
-from xcluster_cni_lib.core.errors import InputError, InvalidNode
+from xcluster_cni_lib.core.errors import InputError, InvalidNode, shorten
 from xcluster_cni_lib.core.facts import extract_facts
+from xcluster_cni_lib.core.ranges import DEFAULT_POLICY, RangePolicy
 from xcluster_cni_lib.core.values import (
     NO_ANNOTATIONS,
     Annotations,
@@ -60,13 +69,16 @@ LONGEST_POD_CIDR = {4: 30, 6: 126}
 _T = TypeVar("_T", IPNetwork, IPAddress)
 
 
-def _check_cidr(cidr: IPNetwork) -> str | None:
-    if cidr.prefixlen == 0:
-        return f"{cidr} is a default route, not a pod CIDR"
-    longest = LONGEST_POD_CIDR[cidr.version]
-    if cidr.prefixlen > longest:
-        return f"{cidr} is too small for pods (at most /{longest})"
-    return None
+def _cidr_check(policy: RangePolicy) -> Callable[[IPNetwork], str | None]:
+    def check(cidr: IPNetwork) -> str | None:
+        if cidr.prefixlen == 0:
+            return f"{cidr} is a default route, not a pod CIDR"
+        longest = LONGEST_POD_CIDR[cidr.version]
+        if cidr.prefixlen > longest:
+            return f"{cidr} is too small for pods (at most /{longest})"
+        return policy.refusal(cidr)
+
+    return check
 
 
 def _check_address(address: IPAddress) -> str | None:
@@ -100,7 +112,9 @@ def _strict_list(
         try:
             one = parse(item)
         except ValueError:
-            raise InvalidNode(node, f"not {what}: {item!r}", key=key, value=value) from None
+            raise InvalidNode(
+                node, f"not {what}: {shorten(item)!r}", key=key, value=value
+            ) from None
         reason = check(one)
         if reason is not None:
             raise InvalidNode(node, reason, key=key, value=value)
@@ -120,13 +134,17 @@ def _strict_list(
 
 
 def parse_subnets(
-    text_or_items: str | Sequence[str], *, node: str, key: str
+    text_or_items: str | Sequence[str],
+    *,
+    node: str,
+    key: str,
+    policy: RangePolicy = DEFAULT_POLICY,
 ) -> tuple[IPNetwork, ...]:
     """Strictly parse one or two CIDRs (a comma-separated string or a list of strings).
 
     Rules: every item a valid CIDR (canonicalized: host bits masked, IPv4-mapped IPv6 is
-    IPv4), at most two, not two of one family. The result has IPv4 first. Raises
-    ``InvalidNode(node, reason, key=key, value=<the whole value>)``.
+    IPv4) that ``policy`` accepts, at most two, not two of one family. The result has
+    IPv4 first. Raises ``InvalidNode(node, reason, key=key, value=<the value>)``.
     """
     return _strict_list(
         text_or_items,
@@ -135,7 +153,7 @@ def parse_subnets(
         what="a CIDR",
         plural="CIDRs",
         parse=parse_cidr,
-        check=_check_cidr,
+        check=_cidr_check(policy),
     )
 
 
@@ -193,11 +211,12 @@ def _lenient_list(
     return tuple(chosen[f] for f in (4, 6) if f in chosen)
 
 
-def parse_facts(facts: NodeFacts) -> NodeNetwork:
+def parse_facts(facts: NodeFacts, *, policy: RangePolicy = DEFAULT_POLICY) -> NodeNetwork:
     """The validated network view of one node.
 
     The CIDRs/addresses come from the annotations that ``facts.annotations`` names (the
-    configuration the facts were extracted with), else from the Kubernetes fields.
+    configuration the facts were extracted with), else from the Kubernetes fields; a CIDR
+    ``policy`` refuses is not a pod CIDR.
     Raises ``InvalidNode`` for a node that cannot be used; lenient findings are in
     ``NodeNetwork.problems``.
     """
@@ -212,7 +231,7 @@ def parse_facts(facts: NodeFacts) -> NodeNetwork:
     if cidr_annotation is not None:
         if facts.cidr_annotation is None:
             raise InvalidNode(name, "the CIDR annotation is missing", key=cidr_annotation)
-        cidrs = parse_subnets(facts.cidr_annotation, node=name, key=cidr_annotation)
+        cidrs = parse_subnets(facts.cidr_annotation, node=name, key=cidr_annotation, policy=policy)
     else:
         cidrs = _lenient_list(
             facts.pod_cidrs,
@@ -220,7 +239,7 @@ def parse_facts(facts: NodeFacts) -> NodeNetwork:
             key=POD_CIDRS_KEY,
             what="a CIDR",
             parse=parse_cidr,
-            check=_check_cidr,
+            check=_cidr_check(policy),
             problems=problems,
         )
 
@@ -261,11 +280,14 @@ def parse_facts(facts: NodeFacts) -> NodeNetwork:
 
 
 def parse_node(
-    node: Mapping[str, Any], *, annotations: Annotations = NO_ANNOTATIONS
+    node: Mapping[str, Any],
+    *,
+    annotations: Annotations = NO_ANNOTATIONS,
+    policy: RangePolicy = DEFAULT_POLICY,
 ) -> NodeNetwork:
-    """``parse_facts(extract_facts(node, annotations=annotations))``: a Node dict as the
-    API returns it."""
-    return parse_facts(extract_facts(node, annotations=annotations))
+    """``parse_facts(extract_facts(node, annotations=annotations), policy=policy)``: a
+    Node dict as the API returns it."""
+    return parse_facts(extract_facts(node, annotations=annotations), policy=policy)
 
 
 def pod_cidrs(network: NodeNetwork) -> tuple[IPNetwork, ...]:
@@ -285,6 +307,7 @@ def parse_nodes(
     nodes: Iterable[NodeFacts | Mapping[str, Any]],
     *,
     annotations: Annotations | None = None,
+    policy: RangePolicy = DEFAULT_POLICY,
 ) -> tuple[list[NodeNetwork], list[Problem]]:
     """Parse many nodes (facts or Node dicts); a bad node never stops the others.
 
@@ -310,7 +333,7 @@ def parse_nodes(
         else:
             facts = extract_facts(item, annotations=annotations or NO_ANNOTATIONS)
         try:
-            network = parse_facts(facts)
+            network = parse_facts(facts, policy=policy)
         except InvalidNode as e:
             problems.append(problem_of(e))
             continue

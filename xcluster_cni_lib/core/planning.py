@@ -20,6 +20,19 @@ hand with another metric). A plan keeps at most one per destination:
 
 Any order of applying the three lists reaches the same end state.
 
+Contested CIDRs are nobody's: a CIDR that overlaps (equals, contains or lies inside)
+another node's CIDR gets no route, for either node, and both get a ``Problem`` naming the
+other node and its CIDR. No node can take another's traffic by claiming its CIDR or a
+wider one, whatever the names sort like; the price is that the victim loses its route
+too, loudly (the daemon logs it as an error and counts it), until the claim is fixed.
+The own node's CIDRs take part (they are never routed away) but get no problem.
+
+With a ``RangePolicy`` (the daemon's: ``CLUSTER_CIDRS``, the minimum prefixes, the host's
+connected subnets and addresses), another node's CIDR that the policy refuses gets no
+route and does not contest anything, and a node address the policy refuses as a gateway
+(one of this host's addresses, a connected subnet's network or broadcast address) gets no
+route; the own node's addresses are never gateways either.
+
 ``DesiredRoutes`` keeps ``desired_routes``'s answer up to date node by node, so that a
 daemon reacting to one node's change plans only that node's destinations: a change
 that cannot interact with another node's CIDR is worked out from the changed nodes
@@ -33,7 +46,16 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from xcluster_cni_lib.core.addresses import parse_address, parse_cidr
 from xcluster_cni_lib.core.nodes import NO_POD_CIDR, parse_nodes
-from xcluster_cni_lib.core.values import IPNetwork, NodeFacts, NodeNetwork, Plan, Problem, Route
+from xcluster_cni_lib.core.ranges import RangePolicy
+from xcluster_cni_lib.core.values import (
+    IPAddress,
+    IPNetwork,
+    NodeFacts,
+    NodeNetwork,
+    Plan,
+    Problem,
+    Route,
+)
 
 _BITS = {4: 32, 6: 128}
 
@@ -49,99 +71,22 @@ def _mask(family: int, length: int) -> int:
     return ((1 << length) - 1) << (bits - length)
 
 
-class _Claims:
-    """Which node claimed which CIDR, with O(#prefix lengths) overlap checks.
-
-    CIDRs are aligned, so two overlap exactly when one contains the other. ``_exact``
-    holds the accepted CIDRs; ``_covered`` holds, for each accepted CIDR, its supernets
-    at every prefix length any candidate uses, so "some accepted CIDR lies inside this
-    candidate" is one lookup.
-    """
-
-    def __init__(self, candidates: Iterable[IPNetwork]) -> None:
-        lengths: dict[int, set[int]] = {4: set(), 6: set()}
-        for c in candidates:
-            lengths[c.version].add(c.prefixlen)
-        self._lengths = {f: sorted(ls) for f, ls in lengths.items()}
-        self._exact: dict[tuple[int, int, int], tuple[IPNetwork, str]] = {}
-        self._covered: dict[tuple[int, int, int], tuple[IPNetwork, str]] = {}
-
-    def find(self, cidr: IPNetwork) -> tuple[IPNetwork, str] | None:
-        """An accepted CIDR overlapping ``cidr`` and its owner, if any."""
-        family, length, addr = cidr.version, cidr.prefixlen, int(cidr.network_address)
-        inside = self._covered.get((family, length, addr))
-        if inside is not None:
-            return inside
-        for shorter in self._lengths[family]:
-            if shorter >= length:
-                break
-            outer = self._exact.get((family, shorter, addr & _mask(family, shorter)))
-            if outer is not None:
-                return outer
-        return None
-
-    def accept(self, cidr: IPNetwork, owner: str) -> None:
-        family, length, addr = cidr.version, cidr.prefixlen, int(cidr.network_address)
-        self._exact.setdefault((family, length, addr), (cidr, owner))
-        for shorter in self._lengths[family]:
-            if shorter > length:
-                break
-            key = (family, shorter, addr & _mask(family, shorter))
-            self._covered.setdefault(key, (cidr, owner))
-
-
 def desired_routes(
-    nodes: Iterable[NodeNetwork], *, own: str | None
+    nodes: Iterable[NodeNetwork], *, own: str | None, policy: RangePolicy | None = None
 ) -> tuple[list[Route], list[Problem]]:
     """The routes node ``own`` wants to the other nodes' pod CIDRs, and what prevents others.
 
     For every node but ``own`` and each family with a pod CIDR: a route to the CIDR via
     the node's address of that family. Reported instead: a node without any pod CIDR, a
-    CIDR without an address of its family, and a CIDR overlapping (or equal to) one that
-    another node claimed first. Claims go first to ``own`` (its pods are local and are
-    never routed away), then to nodes in name order, so every node decides alike.
-    Routes come sorted by ``route_sort_key``; problems in node-name order.
+    CIDR ``policy`` refuses, a contested CIDR (one overlapping, or equal to, another
+    node's: neither node gets it), a CIDR without an address of its family, an address
+    that may not be a gateway. ``policy`` ``None``: the CIDRs were checked when parsed.
+    Routes come sorted by ``route_sort_key``; problems in node-name order (per node:
+    no pod CIDR, then per CIDR in the node's order). Of several nodes with one name, the
+    last counts.
     """
-    ordered = sorted(nodes, key=lambda n: n.name)
-    claims = _Claims(c for n in ordered for c in n.cidrs)
-    for n in ordered:
-        if n.name == own:
-            for cidr in n.cidrs:
-                claims.accept(cidr, n.name)
-    routes: list[Route] = []
-    problems: list[Problem] = []
-    for n in ordered:
-        if n.name == own:
-            continue
-        if not n.cidrs:
-            problems.append(Problem(n.name, f"{NO_POD_CIDR}; no route to this node"))
-        for cidr in n.cidrs:
-            claimed = claims.find(cidr)
-            if claimed is not None:
-                other, owner = claimed
-                whose = "this node's own" if owner == own else f"node {owner}'s"
-                problems.append(
-                    Problem(
-                        n.name,
-                        f"pod CIDR {cidr} overlaps {whose} pod CIDR {other}; no route",
-                        value=str(cidr),
-                    )
-                )
-                continue
-            claims.accept(cidr, n.name)
-            address = n.address(cidr.version)
-            if address is None:
-                problems.append(
-                    Problem(
-                        n.name,
-                        f"no IPv{cidr.version} address; no route to its pod CIDR {cidr}",
-                        value=str(cidr),
-                    )
-                )
-                continue
-            routes.append(Route(dst=cidr, gateway=address, node=n.name))
-    routes.sort(key=route_sort_key)
-    return routes, problems
+    state = DesiredRoutes(nodes, own=own, policy=policy)
+    return list(state.routes.values()), state.problems()  # a fresh state's are sorted
 
 
 def desired_routes_from_facts(
@@ -203,37 +148,145 @@ class CidrIndex:
         return found
 
 
+#: How many rivals a contested-CIDR problem names (then "and N more").
+MAX_RIVALS_NAMED = 3
+
+
 class DesiredRoutes:
-    """``desired_routes(nodes, own=own)``, kept up to date as nodes change.
+    """``desired_routes(nodes, own=own, policy=policy)``, kept up to date as nodes change.
 
     ``routes`` maps each destination to the route wanted for it; ``problems()`` lists
-    the routing problems like ``desired_routes`` does. ``update`` takes the changed
-    nodes and returns the destinations whose wanted route may differ now. A change
-    stays local when none of the changed nodes' CIDRs, old or new, overlaps another
-    node's CIDR and the own node is not among them: then the other nodes' routes and
-    problems cannot change (claims only compete between overlapping CIDRs). Otherwise
-    everything is computed again and ``update`` returns ``None``.
+    the routing problems like ``desired_routes`` does and ``contested()`` those about
+    contested CIDRs. ``update`` takes the changed nodes and returns the destinations
+    whose wanted route may differ now. A change stays local when none of the changed
+    nodes' CIDRs, old or new, overlaps another node's CIDR and the own node is not among
+    them: then the other nodes' routes and problems cannot change (only overlapping
+    CIDRs contest each other). Otherwise everything is computed again and ``update``
+    returns ``None``.
     """
 
-    def __init__(self, nodes: Iterable[NodeNetwork], *, own: str | None) -> None:
+    def __init__(
+        self, nodes: Iterable[NodeNetwork], *, own: str | None, policy: RangePolicy | None = None
+    ) -> None:
         self.own = own
+        self.policy = policy
         self.networks: dict[str, NodeNetwork] = {n.name: n for n in nodes}
-        self._rebuild()  # sets routes, _problems and _index
+        self._rebuild()  # sets routes, _problems, _contested, _accepted and _index
+
+    # -- the rule, per node ------------------------------------------------------------------
+
+    def _accept(self, n: NodeNetwork) -> tuple[tuple[IPNetwork, ...], list[Problem]]:
+        """The node's CIDRs that take part in routing and contests, and the refused ones'
+        problems. The own node's all take part: its pods are here, whatever the policy."""
+        policy = self.policy
+        if policy is None or n.name == self.own:
+            return n.cidrs, []
+        accepted: list[IPNetwork] = []
+        problems: list[Problem] = []
+        for cidr in n.cidrs:
+            reason = policy.refusal(cidr)
+            if reason is None:
+                accepted.append(cidr)
+            else:
+                problems.append(
+                    Problem(n.name, f"pod CIDR refused: {reason}; no route", value=str(cidr))
+                )
+        return tuple(accepted), problems
+
+    def _own_addresses(self) -> frozenset[IPAddress]:
+        mine = self.networks.get(self.own) if self.own is not None else None
+        return frozenset(mine.addresses) if mine is not None else frozenset()
+
+    def _plan_node(self, n: NodeNetwork, own_addresses: frozenset[IPAddress]) -> None:
+        """Routes and problems of one node other than the own one, against ``_index``."""
+        problems = self._refused.get(n.name, [])[:]
+        contested: list[Problem] = []
+        if not n.cidrs:
+            problems.insert(0, Problem(n.name, f"{NO_POD_CIDR}; no route to this node"))
+        accepted = self._accepted[n.name]
+        for cidr in n.cidrs:
+            if cidr not in accepted:
+                continue
+            found = self._index.overlapping(cidr)
+            if len(found) > 1 or found[0] != n.name:  # (found holds the CIDR itself)
+                rivals = [o for o in dict.fromkeys(found) if o != n.name]
+                contested.append(self._contest(n.name, cidr, rivals))
+                problems.append(contested[-1])
+                continue
+            address = n.address(cidr.version)
+            reason: str | None = None
+            if address is None:
+                reason = f"no IPv{cidr.version} address; no route to its pod CIDR {cidr}"
+            elif address in own_addresses:
+                reason = f"address {address} is this node's own; no route to its pod CIDR {cidr}"
+            elif self.policy is not None:
+                refusal = self.policy.gateway_refusal(address)
+                if refusal is not None:
+                    reason = f"address {refusal}; no route to its pod CIDR {cidr}"
+            if reason is not None:
+                problems.append(Problem(n.name, reason, value=str(cidr)))
+                continue
+            assert address is not None
+            self.routes[cidr] = Route(dst=cidr, gateway=address, node=n.name)
+        if problems:
+            self._problems[n.name] = problems
+        if contested:
+            self._contested[n.name] = contested
+
+    def _contest(self, name: str, cidr: IPNetwork, rivals: list[str]) -> Problem:
+        named = []
+        for rival in sorted(rivals)[:MAX_RIVALS_NAMED]:
+            theirs = self._accepted[rival]
+            other = next((c for c in theirs if c.version == cidr.version), None)
+            whose = "this node's own" if rival == self.own else f"node {rival}'s"
+            named.append(f"{whose} pod CIDR {other}")
+        more = len(rivals) - MAX_RIVALS_NAMED
+        tail = f" and {more} more" if more > 0 else ""
+        return Problem(
+            name,
+            f"pod CIDR {cidr} overlaps {', '.join(named)}{tail}: contested, no route to either",
+            value=str(cidr),
+        )
 
     def _rebuild(self) -> None:
-        routes, problems = desired_routes(self.networks.values(), own=self.own)
-        self.routes: dict[IPNetwork, Route] = {r.dst: r for r in routes}
+        self.routes: dict[IPNetwork, Route] = {}
         self._problems: dict[str, list[Problem]] = {}
-        for p in problems:
-            self._problems.setdefault(p.node, []).append(p)
+        self._contested: dict[str, list[Problem]] = {}
+        self._refused: dict[str, list[Problem]] = {}
+        self._accepted: dict[str, tuple[IPNetwork, ...]] = {}
         self._index = CidrIndex()
         for n in self.networks.values():
-            for cidr in n.cidrs:
-                self._index.add(cidr, n.name)
+            self._add_node(n)
+        own_addresses = self._own_addresses()
+        for name in sorted(self.networks):
+            if name != self.own:
+                self._plan_node(self.networks[name], own_addresses)
+        ordered = sorted(self.routes.values(), key=route_sort_key)
+        self.routes = {r.dst: r for r in ordered}
+
+    def _add_node(self, n: NodeNetwork) -> None:
+        accepted, refused = self._accept(n)
+        self._accepted[n.name] = accepted
+        if refused:
+            self._refused[n.name] = refused
+        for cidr in accepted:
+            self._index.add(cidr, n.name)
+
+    def _remove_node(self, name: str) -> None:
+        for cidr in self._accepted.pop(name, ()):
+            self._index.remove(cidr, name)
+        self._refused.pop(name, None)
+        self._problems.pop(name, None)
+        self._contested.pop(name, None)
 
     def problems(self) -> list[Problem]:
         """Routing problems, in node-name order (as ``desired_routes`` reports them)."""
         return [p for name in sorted(self._problems) for p in self._problems[name]]
+
+    def contested(self) -> list[Problem]:
+        """The problems about contested CIDRs (one per contested CIDR of a node other
+        than the own one), in node-name order."""
+        return [p for name in sorted(self._contested) for p in self._contested[name]]
 
     def update(self, changed: Mapping[str, NodeNetwork | None]) -> set[IPNetwork] | None:
         """Apply node changes (``None``: the node is gone or no longer routable)."""
@@ -243,9 +296,13 @@ class DesiredRoutes:
         local = self.own is None or self.own not in names
         if local:
             for name, new in changed.items():
-                old = self.networks.get(name)
-                cidrs = (*(old.cidrs if old else ()), *(new.cidrs if new else ()))
-                if any(owner not in names for c in cidrs for owner in self._index.overlapping(c)):
+                before = self._accepted.get(name, ())
+                after = self._accept(new)[0] if new is not None else ()
+                if any(
+                    owner not in names
+                    for c in (*before, *after)
+                    for owner in self._index.overlapping(c)
+                ):
                     local = False
                     break
         if not local:
@@ -255,11 +312,8 @@ class DesiredRoutes:
         touched: set[IPNetwork] = set()
         for name in names:
             old = self.networks.get(name)
-            self._problems.pop(name, None)
-            if old is None:
-                continue
-            for cidr in old.cidrs:
-                self._index.remove(cidr, name)
+            self._remove_node(name)
+            for cidr in old.cidrs if old is not None else ():
                 route = self.routes.get(cidr)
                 if route is not None and route.node == name:
                     del self.routes[cidr]
@@ -267,14 +321,11 @@ class DesiredRoutes:
         self._replace_networks(changed)
         fresh = [n for n in changed.values() if n is not None]
         for n in fresh:
-            for cidr in n.cidrs:
-                self._index.add(cidr, n.name)
-        routes, problems = desired_routes(fresh, own=self.own)
-        for r in routes:
-            self.routes[r.dst] = r
-            touched.add(r.dst)
-        for p in problems:
-            self._problems.setdefault(p.node, []).append(p)
+            self._add_node(n)
+        own_addresses = self._own_addresses()
+        for n in fresh:
+            self._plan_node(n, own_addresses)
+            touched.update(c for c in n.cidrs if c in self.routes and self.routes[c].node == n.name)
         return touched
 
     def _replace_networks(self, changed: Mapping[str, NodeNetwork | None]) -> None:

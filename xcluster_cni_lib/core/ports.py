@@ -14,7 +14,8 @@ from xcluster_cni_lib.core.values import IPNetwork, NodeFacts, Plan, Route, Rout
 class NodeSink(Protocol):
     """Receives what a node source learns. ``replace_all`` is called after each complete
     LIST (the first one marks the view as synced); ``upsert``/``delete`` for watch events;
-    ``set_healthy(False)`` while the source cannot reach its backend."""
+    ``set_healthy(False, reason=...)`` while the source cannot reach its backend or its
+    answers cannot be used (the reason says which, for ``/readyz``)."""
 
     def replace_all(self, nodes: Iterable[NodeFacts]) -> None: ...
 
@@ -22,7 +23,7 @@ class NodeSink(Protocol):
 
     def delete(self, name: str) -> None: ...
 
-    def set_healthy(self, healthy: bool) -> None: ...
+    def set_healthy(self, healthy: bool, reason: str | None = None) -> None: ...
 
 
 class NodeSource(Protocol):
@@ -51,7 +52,7 @@ class TrackingRouteTable(RouteTable, Protocol):
     """A route table that also follows the kernel's changes, so that a reconciler can
     work on the destinations that changed instead of dumping the table
     (``kernel.routetable.NetlinkRouteTable``, whose tracker holds the one copy of our
-    installed routes)."""
+    installed routes; a reconciler keeps none of its own)."""
 
     def changed_destinations(self) -> set[IPNetwork] | None:
         """Destinations whose routes changed since the last call or ``list_routes``, not
@@ -60,6 +61,11 @@ class TrackingRouteTable(RouteTable, Protocol):
 
     def routes_to(self, dsts: Iterable[IPNetwork]) -> list[Route]:
         """Routes of this protocol to these destinations, as tracked (no dump)."""
+        ...
+
+    def installed_count(self) -> int:
+        """How many routes of this protocol the table holds, as tracked: what
+        ``list_routes`` would return, counted without a dump (O(1))."""
         ...
 
 

@@ -8,7 +8,7 @@ from typing import TypeAlias
 
 import attrs
 
-from xcluster_cni_lib.core.errors import InputError
+from xcluster_cni_lib.core.errors import InputError, shorten, shorten_optional
 
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -86,12 +86,14 @@ class NodeFacts:
 
 @attrs.frozen
 class Problem:
-    """Something wrong with one node that is reported but does not stop others."""
+    """Something wrong with one node that is reported but does not stop others. The
+    node name, key and value are shortened (``core.errors.shorten``): a node's data must
+    not make a log line as large as itself."""
 
-    node: str
+    node: str = attrs.field(converter=shorten)
     reason: str
-    key: str | None = None
-    value: str | None = None
+    key: str | None = attrs.field(default=None, converter=shorten_optional)
+    value: str | None = attrs.field(default=None, converter=shorten_optional)
 
     def __str__(self) -> str:
         key, value = self.key, self.value

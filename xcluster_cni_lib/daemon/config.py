@@ -15,9 +15,22 @@ from collections.abc import Mapping
 
 import attrs
 
-from xcluster_cni_lib.core.errors import InputError
+from xcluster_cni_lib.core.errors import InputError, shorten
+from xcluster_cni_lib.core.nodes import LONGEST_POD_CIDR
 from xcluster_cni_lib.core.protocols import DEFAULT_PROTOCOL, check_protocol
-from xcluster_cni_lib.core.values import Annotations, annotation_key_problem, is_dns_subdomain
+from xcluster_cni_lib.core.ranges import (
+    DEFAULT_MIN_PREFIX_V4,
+    DEFAULT_MIN_PREFIX_V6,
+    DENIED,
+    RangePolicy,
+    parse_cidr_list,
+)
+from xcluster_cni_lib.core.values import (
+    Annotations,
+    IPNetwork,
+    annotation_key_problem,
+    is_dns_subdomain,
+)
 from xcluster_cni_lib.support.jsonlog import LEVELS
 from xcluster_cni_lib.support.rtprotos import read_rt_protos
 
@@ -34,6 +47,10 @@ SETTINGS: dict[str, str] = {
     "NODES_FILE": "read nodes from this file (a Node list, JSON or YAML) instead of the API",
     "RESYNC_INTERVAL": "full reconcile period: seconds or 500ms/30s/5m (default 60s)",
     "HTTP_ADDRESS": "host:port or [v6]:port for /healthz /readyz /metrics; empty = off",
+    "CLUSTER_CIDRS": "comma list of the cluster's pod ranges (both families): node CIDRs "
+    "outside them get no route; empty = no allow-list (the deny-list still applies)",
+    "MIN_POD_PREFIX_V4": "shortest IPv4 pod CIDR a node may claim, 1-30 (default 8)",
+    "MIN_POD_PREFIX_V6": "shortest IPv6 pod CIDR a node may claim, 1-126 (default 32)",
 }
 
 
@@ -43,7 +60,7 @@ class ConfigError(InputError):
     def __init__(self, name: str, value: str, reason: str) -> None:
         self.name = name
         self.value = value
-        super().__init__(f"{name}={value!r}: {reason}")
+        super().__init__(f"{name}={shorten(value)!r}: {reason}")
 
 
 @attrs.frozen
@@ -59,7 +76,20 @@ class DaemonConfig:
     nodes_file: str | None = None
     resync_interval: float = DEFAULT_RESYNC
     http_address: tuple[str, int] | None = None
+    cluster_cidrs: tuple[IPNetwork, ...] = ()
+    min_pod_prefix_v4: int = DEFAULT_MIN_PREFIX_V4
+    min_pod_prefix_v6: int = DEFAULT_MIN_PREFIX_V6
     warnings: tuple[str, ...] = attrs.field(default=(), eq=False)
+
+    @property
+    def range_policy(self) -> RangePolicy:
+        """The pod-CIDR rule these settings configure, without the host's subnets (the
+        service adds those: ``core.ranges.host_view``)."""
+        return RangePolicy(
+            cluster_cidrs=self.cluster_cidrs,
+            min_prefix_v4=self.min_pod_prefix_v4,
+            min_prefix_v6=self.min_pod_prefix_v6,
+        )
 
     @property
     def annotations(self) -> Annotations:
@@ -78,6 +108,9 @@ class DaemonConfig:
             "nodes_file": self.nodes_file,
             "resync_interval_s": self.resync_interval,
             "http_address": format_address(self.http_address) if self.http_address else None,
+            "cluster_cidrs": ",".join(str(c) for c in self.cluster_cidrs) or None,
+            "min_pod_prefix_v4": self.min_pod_prefix_v4,
+            "min_pod_prefix_v6": self.min_pod_prefix_v6,
         }
 
 
@@ -146,6 +179,9 @@ def load_config(
         nodes_file=nodes_file,
         resync_interval=parse_duration("RESYNC_INTERVAL", get("RESYNC_INTERVAL")),
         http_address=parse_http_address(get("HTTP_ADDRESS")),
+        cluster_cidrs=parse_cluster_cidrs(get("CLUSTER_CIDRS"), warnings),
+        min_pod_prefix_v4=parse_prefix("MIN_POD_PREFIX_V4", get("MIN_POD_PREFIX_V4"), family=4),
+        min_pod_prefix_v6=parse_prefix("MIN_POD_PREFIX_V6", get("MIN_POD_PREFIX_V6"), family=6),
         warnings=tuple(warnings),
     )
 
@@ -187,6 +223,41 @@ def parse_protocol(value: str | None, names: Mapping[int, str], warnings: list[s
             "routing daemon does not run here, or choose another number"
         )
     return number
+
+
+def parse_cluster_cidrs(value: str | None, warnings: list[str]) -> tuple[IPNetwork, ...]:
+    """The allow-list: a comma list of CIDRs of both families; empty = none. An entry
+    overlapping the deny-list gets a warning (the deny-list wins); a default route is
+    refused (it would allow everything: leave the setting empty instead)."""
+    if value is None:
+        return ()
+    try:
+        cidrs = parse_cidr_list(value, key="CLUSTER_CIDRS")
+    except InputError as e:
+        raise ConfigError("CLUSTER_CIDRS", value, str(e)) from None
+    for cidr in cidrs:
+        if cidr.prefixlen == 0:
+            raise ConfigError(
+                "CLUSTER_CIDRS", value, f"{cidr} allows everything: leave it empty instead"
+            )
+        for denied, what in DENIED:
+            if cidr.version == denied.version and cidr.overlaps(denied):
+                warnings.append(
+                    f"CLUSTER_CIDRS entry {cidr} overlaps {what} {denied}: "
+                    "no pod CIDR there is routed"
+                )
+    return cidrs
+
+
+def parse_prefix(var: str, value: str | None, *, family: int) -> int:
+    """A minimum pod-CIDR prefix length: 1 up to the longest pod CIDR of the family."""
+    default = DEFAULT_MIN_PREFIX_V4 if family == 4 else DEFAULT_MIN_PREFIX_V6
+    if value is None:
+        return default
+    longest = LONGEST_POD_CIDR[family]
+    if not value.isdecimal() or not 1 <= int(value) <= longest:
+        raise ConfigError(var, value, f"must be a prefix length 1-{longest} (default {default})")
+    return int(value)
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")

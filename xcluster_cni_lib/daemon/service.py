@@ -7,6 +7,13 @@ table's tracker: kernel events that can change our routes -> reconcile), ``recon
 (the loop) and ``http``. The caller's thread waits for a stop request (SIGTERM/SIGINT or
 ``Daemon.stop``). Stopping never touches routes: a restarted daemon finds them in place
 and only fixes differences.
+
+The pod-CIDR rule (``core.ranges.RangePolicy``): the settings' part (``CLUSTER_CIDRS``,
+the minimum prefixes, the deny-list) is applied when nodes are parsed into the cache; the
+host's part (its connected subnets and own addresses, ``host_view``) is read from the
+kernel at start and at every full reconcile (each resync interval, and whenever the
+incremental path falls back), and applied by the planner. An address change on the host
+is therefore picked up within one resync interval.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from types import FrameType
 from typing import Any
 
 from xcluster_cni_lib.core.ports import KernelMonitor, NodeSource, RouteTable
+from xcluster_cni_lib.core.ranges import RangePolicy, host_view
+from xcluster_cni_lib.core.values import IPAddress, IPNetwork
 from xcluster_cni_lib.daemon.config import DaemonConfig, format_address
 from xcluster_cni_lib.daemon.http import StatusServer
 from xcluster_cni_lib.support import jsonlog
@@ -34,6 +43,49 @@ LIVENESS_STALE = 30.0  # the reconcile loop must tick at least this often to be 
 
 #: What the daemon needs of a kernel monitor (the route table's tracker by default).
 Monitor = KernelMonitor
+#: This host's connected subnets and own addresses (``core.ranges.host_view``).
+HostView = tuple[tuple[IPNetwork, ...], frozenset[IPAddress]]
+
+
+def kernel_host_view(netns: str | None = None) -> Callable[[], HostView]:
+    """A reader of the host's connected subnets and addresses from the kernel (in
+    ``netns``)."""
+
+    def read() -> HostView:
+        from xcluster_cni_lib.kernel.links import list_interface_addresses
+
+        return host_view(list_interface_addresses(netns))
+
+    return read
+
+
+class HostPolicy:
+    """The configured rule plus the host's current view, read on each call (the
+    reconciler calls it at every full reconcile). A failed read keeps the last view and
+    logs a warning: a transient netlink error must not stop routing."""
+
+    def __init__(self, base: RangePolicy, read: Callable[[], HostView] | None) -> None:
+        self.base = base
+        self.read = read
+        self.policy = base
+
+    def __call__(self) -> RangePolicy:
+        if self.read is None:
+            return self.policy
+        try:
+            subnets, addresses = self.read()
+        except Exception as e:
+            log.warning("host addresses not read; keeping the last ones", error=f"{e}")
+            return self.policy
+        policy = self.base.with_host(subnets, addresses)
+        if policy != self.policy:
+            log.info(
+                "host subnets",
+                subnets=",".join(str(s) for s in subnets) or None,
+                addresses=len(addresses),
+            )
+            self.policy = policy
+        return self.policy  # the same object while nothing changed (it remembers answers)
 
 
 def make_source(config: DaemonConfig) -> NodeSource:
@@ -65,13 +117,15 @@ class Daemon:
         netns: str | None = None,
         machine_id: str | None = None,
         coalesce: float = 0.1,
+        host: Callable[[], HostView] | None = None,
     ) -> None:
         self.config = config
         self.stop_event = threading.Event()
         self.exit_code = 0
         self.metrics = DaemonMetrics()
-        self.cache = NodeCache()
+        self.cache = NodeCache(policy=config.range_policy)
         self.source = source if source is not None else make_source(config)
+        own_table = table is None
         if table is None:
             from xcluster_cni_lib.kernel.routetable import NetlinkRouteTable
 
@@ -83,6 +137,10 @@ class Daemon:
                 monitor = track()
         self.table = table
         self.monitor = monitor
+        if host is None and (own_table or netns is not None):
+            host = kernel_host_view(netns)
+        # without a kernel (an injected table, no netns) and no `host`: no host view
+        self.host_policy = HostPolicy(config.range_policy, host)
         if machine_id is None:
             from xcluster_cni_lib.support.hostinfo import read_machine_id
 
@@ -95,9 +153,13 @@ class Daemon:
             resync_interval=config.resync_interval,
             coalesce=coalesce,
             metrics=self.metrics,
+            range_policy=self.host_policy,
         )
         self.cache.subscribe(self.reconciler.notify)
-        self.metrics.watch_source(self._source_counters)
+        self.metrics.watch_source(
+            self._source_counters,
+            malformed=lambda: int(getattr(self.source, "malformed_events", 0)),
+        )
         self.metrics.ready.set_function(lambda: 0.0 if self.readyz() else 1.0)
         self.metrics.source_healthy.set_function(lambda: 1.0 if self.cache.healthy else 0.0)
         self.http: StatusServer | None = None
@@ -107,6 +169,7 @@ class Daemon:
                 healthz=self.healthz,
                 readyz=self.readyz,
                 metrics=self.metrics.render,
+                warnings=self.warnings,
             )
         self._threads: list[threading.Thread] = []
 
@@ -128,12 +191,23 @@ class Daemon:
         if not self.cache.synced:
             out.append("node list not synced yet")
         if not self.cache.healthy:
-            out.append("node source unhealthy")
+            reason = self.cache.health_reason
+            out.append(f"node source unhealthy: {reason}" if reason else "node source unhealthy")
         if not self.reconciler.first_sync_done:
             out.append("no successful sync yet")
         elif self.reconciler.failed_syncs:
             out.append(f"last {self.reconciler.failed_syncs} syncs failed")
         return out
+
+    def warnings(self) -> list[str]:
+        """What is wrong but does not make the daemon unready (a problem of some nodes'
+        data, not of this daemon): contested pod CIDRs, as of the last reconcile."""
+        contested = self.reconciler.contested
+        if not contested:
+            return []
+        shown = "; ".join(str(p) for p in contested[:5])
+        more = f" (and {len(contested) - 5} more)" if len(contested) > 5 else ""
+        return [f"{len(contested)} contested pod CIDRs get no route: {shown}{more}"]
 
     def _source_counters(self) -> tuple[int, int]:
         return (int(getattr(self.source, "restarts", 0)), int(getattr(self.source, "relists", 0)))

@@ -12,7 +12,8 @@ import attrs
 from xcluster_cni_lib.core.addresses import parse_address
 from xcluster_cni_lib.core.errors import InputError, InvalidNode
 from xcluster_cni_lib.core.nodes import parse_addresses
-from xcluster_cni_lib.core.values import IPAddress, NodeFacts
+from xcluster_cni_lib.core.ranges import parse_cidr_list, shorten
+from xcluster_cni_lib.core.values import IPAddress, IPNetwork, NodeFacts
 
 CONFLIST_NAME = "10-xcluster-cni.conflist"
 NETWORK_NAME = "xcluster-cni"
@@ -32,6 +33,8 @@ class InstallSettings:
 
     ``host_conf_dir`` is the CNI config directory as the host sees it: the plugins run on
     the host, so the paths written into configs use it, not the container's mount path.
+    ``cluster_cidrs`` (``CLUSTER_CIDRS``) goes into the conflist's IPAM section as
+    ``clusterCIDRs``, the kube-node plugin's allow-list (empty: none written).
     """
 
     node_name: str
@@ -39,6 +42,22 @@ class InstallSettings:
     host_conf_dir: str = "/etc/cni/net.d"
     mtu: int | None = None
     address_annotation: str | None = None
+    cluster_cidrs: tuple[IPNetwork, ...] = ()
+
+
+def parse_cluster_cidrs(name: str, value: str | None) -> tuple[IPNetwork, ...]:
+    """``CLUSTER_CIDRS``: a comma list of CIDRs of both families (the daemon's setting
+    of the same name); unset or empty = no allow-list. A bad item or a default route (it
+    would allow everything) raises ``InputError`` naming the variable."""
+    if value is None:
+        return ()
+    cidrs = parse_cidr_list(value, key=name)
+    for cidr in cidrs:
+        if cidr.prefixlen == 0:
+            raise InputError(
+                f"{name}={shorten(value)!r}: {cidr} allows everything: leave it empty instead"
+            )
+    return cidrs
 
 
 def parse_yes_no(name: str, value: str | None, *, default: bool) -> bool:
@@ -116,11 +135,25 @@ def render_json(value: Mapping[str, Any]) -> bytes:
     return (json.dumps(value, indent=2) + "\n").encode()
 
 
-def conflist(*, node_name: str, mtu: int, host_conf_dir: str) -> dict[str, Any]:
+def conflist(
+    *,
+    node_name: str,
+    mtu: int,
+    host_conf_dir: str,
+    cluster_cidrs: tuple[IPNetwork, ...] = (),
+) -> dict[str, Any]:
     """The main network's conflist: ``bridge`` on cbr0 (gateway, default route, hairpin,
-    MTU) with ``kube-node`` IPAM for this node, then ``portmap``."""
+    MTU) with ``kube-node`` IPAM for this node (and ``clusterCIDRs`` when given), then
+    ``portmap``."""
     if not node_name:
         raise InputError("NODE_NAME is empty: the conflist must name this node")
+    ipam: dict[str, Any] = {
+        "type": "kube-node",
+        "nodeName": node_name,
+        "kubeconfig": f"{host_conf_dir.rstrip('/')}/{KUBECONFIG_NAME}",
+    }
+    if cluster_cidrs:
+        ipam["clusterCIDRs"] = [str(c) for c in cluster_cidrs]
     return {
         "cniVersion": CNI_VERSION,
         "name": NETWORK_NAME,
@@ -132,11 +165,7 @@ def conflist(*, node_name: str, mtu: int, host_conf_dir: str) -> dict[str, Any]:
                 "isDefaultGateway": True,
                 "hairpinMode": True,
                 "mtu": mtu,
-                "ipam": {
-                    "type": "kube-node",
-                    "nodeName": node_name,
-                    "kubeconfig": f"{host_conf_dir.rstrip('/')}/{KUBECONFIG_NAME}",
-                },
+                "ipam": ipam,
             },
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],

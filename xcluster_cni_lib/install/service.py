@@ -41,6 +41,7 @@ INSTALL_ENV = frozenset(
         "HOST_CNI_CONF_DIR",
         "LOG_LEVEL",
         "KUBECONFIG",
+        "CLUSTER_CIDRS",
     }
 )
 DEFAULT_HOST_CONF_DIR = "/etc/cni/net.d"
@@ -208,7 +209,10 @@ def write_conflist(
         return Action(str(conf_dir / existing), "skipped", "an xcluster config is present")
     mtu = settings.mtu if settings.mtu is not None else detect_mtu()
     config = plan.conflist(
-        node_name=settings.node_name, mtu=mtu, host_conf_dir=settings.host_conf_dir
+        node_name=settings.node_name,
+        mtu=mtu,
+        host_conf_dir=settings.host_conf_dir,
+        cluster_cidrs=settings.cluster_cidrs,
     )
     path = conf_dir / plan.CONFLIST_NAME
     files.write_atomic(path, plan.render_json(config), mode=0o644)
@@ -266,6 +270,7 @@ def settings_from_env(
         host_conf_dir=host_conf_dir or env.get("HOST_CNI_CONF_DIR") or DEFAULT_HOST_CONF_DIR,
         mtu=plan.parse_mtu("MTU", mtu if mtu is not None else env.get("MTU")),
         address_annotation=address_annotation_setting(None, env),
+        cluster_cidrs=plan.parse_cluster_cidrs("CLUSTER_CIDRS", env.get("CLUSTER_CIDRS")),
     )
 
 

@@ -172,6 +172,16 @@ class NetlinkRouteTable:
                 raise RuntimeError("routes_to needs a tracked view: call list_routes first")
             return self._tracker.routes_to(dsts)
 
+    def installed_count(self) -> int:
+        """How many of our routes the tracked view holds (those ``list_routes`` would
+        return), kept current by the events read so far and our writes: no dump, no
+        walk over the routes. Only meaningful while tracking, after ``list_routes``;
+        after lost events, the last known number until the next ``list_routes``."""
+        with self._lock:
+            if self._tracker is None:
+                raise RuntimeError("installed_count needs a tracked view: call list_routes first")
+            return self._tracker.installed
+
     # -- reading -----------------------------------------------------------------------
 
     def list_routes(self) -> list[Route]:

@@ -3,11 +3,12 @@ from its change events, and the monitor that wakes the daemon when one matters.
 
 A ``RouteTracker`` belongs to a ``NetlinkRouteTable`` (``table.track()``) and shares its
 lock. It holds the only copy of our installed routes (by destination, with the
-interface each goes out of) and one multicast socket subscribed to route, address and
-link events. Events are read under the table's lock: right after each batch of the
-table's writes (rtnetlink queues a write's event before it acknowledges the write, so a
-batch's own events are all there by then), when the table is asked for changes, and by
-``run``, the monitor loop, which calls ``on_change()`` when something relevant arrived.
+interface each goes out of; their number too) and one multicast socket subscribed to
+route, address and link events. Events are read under the table's lock: right after
+each batch of the table's writes (rtnetlink queues a write's event before it
+acknowledges the write, so a batch's own events are all there by then), when the table
+is asked for changes, and by ``run``, the monitor loop, which calls ``on_change()`` when
+something relevant arrived.
 
 What is relevant: only what can change one of our routes or make a write of ours that
 failed succeed now. Precisely (table = our route table; cloned routes are ignored):
@@ -74,7 +75,7 @@ class Entry:
     gateway (None without a single gateway), the interface it goes out of (0 while
     unknown) and its ``Route`` value once made (kept, so no dump makes it again)."""
 
-    __slots__ = ("gateway", "multipath", "oif", "priority", "route")
+    __slots__ = ("described", "gateway", "multipath", "oif", "priority", "route")
 
     def __init__(
         self,
@@ -89,6 +90,9 @@ class Entry:
         self.multipath = multipath
         self.route = route
         self.oif = oif
+        #: a ``Route`` describes it (a single gateway): ``routes_to`` and
+        #: ``list_routes`` return it, ``RouteTracker.installed`` counts it
+        self.described = gateway is not None and not multipath
 
     def same(self, priority: int, gateway: bytes | None, multipath: bool) -> bool:
         return self.priority == priority and self.gateway == gateway and self.multipath == multipath
@@ -144,6 +148,8 @@ class RouteTracker:
         self.valid = False  # the view is complete (a dump, then every event since)
         self.lost = False  # it was not, since changes were last taken: report "unknown"
         self.routes: dict[Key, list[Entry]] = {}
+        #: how many of ``routes`` a ``Route`` describes, kept with every change of them
+        self.installed = 0
         self.changed: set[Key] = set()
         #: destinations whose last write of ours failed -> that write's packed gateway
         self.failed: dict[Key, bytes] = {}
@@ -296,14 +302,8 @@ class RouteTracker:
                         self._oifs = None
                     return
         entry = Entry(priority, msg.gateway, msg.multipath, oif=msg.oif)
-        if entries is None:
-            self.routes[key] = [entry]
-        elif msg.nl_flags & rc.NLM_F_REPLACE:
-            entries[:] = [e for e in entries if e.priority != priority]
-            entries.append(entry)
-        else:
-            entries.append(entry)  # an append: one more route for this metric
-        self._oifs = None
+        # without NLM_F_REPLACE an append: one more route for this metric
+        self._put(key, entry, replacing=bool(msg.nl_flags & rc.NLM_F_REPLACE))
         self._mark(key)
 
     def _replay_other(
@@ -322,6 +322,19 @@ class RouteTracker:
                 if _contains(key, family, gateway):
                     self._mark(dst)  # its gateway may be reachable now
 
+    def _put(self, key: Key, entry: Entry, *, replacing: bool) -> None:
+        """Add ``entry`` to ``key``'s routes; ``replacing``: in place of those of its metric."""
+        entries = self.routes.get(key)
+        if entries is None:
+            self.routes[key] = [entry]
+        else:
+            if replacing:
+                self.installed -= sum(e.described for e in entries if e.priority == entry.priority)
+                entries[:] = [e for e in entries if e.priority != entry.priority]
+            entries.append(entry)
+        self.installed += entry.described
+        self._oifs = None
+
     def _remove(self, key: Key, priority: int, gateway: bytes | None) -> bool:
         entries = self.routes.get(key)
         if not entries:
@@ -333,6 +346,7 @@ class RouteTracker:
         ]
         if len(kept) == len(entries):
             return False
+        self.installed -= sum(e.described for e in entries) - sum(e.described for e in kept)
         if kept:
             self.routes[key] = kept
         else:
@@ -359,6 +373,7 @@ class RouteTracker:
                 if not _same_entries(old.get(key), routes.get(key)):
                     self._mark(key)
         self.routes = routes
+        self.installed = sum(e.described for entries in routes.values() for e in entries)
         self._oifs = None
         self.failed.clear()  # the writes planned from this dump say again what fails
         self.valid = True
@@ -379,12 +394,7 @@ class RouteTracker:
             if entries is not None and any(e.same(priority, gateway, False) for e in entries):
                 continue
             entry = Entry(priority, gateway, False, Route(route.dst, route.gateway))
-            if entries is None:
-                self.routes[key] = [entry]
-            else:
-                entries[:] = [e for e in entries if e.priority != priority]
-                entries.append(entry)
-            self._oifs = None
+            self._put(key, entry, replacing=True)
 
     def note_outcomes(self, outcomes: Iterable[RouteOutcome]) -> None:
         """Remember which destinations a write of ours failed for (in order: the last

@@ -11,6 +11,10 @@ Written atomically (temp file in the same directory, fsync, rename) after the ra
 fully validated (``resolve.validate_ranges``); when read, checked for shape and against the
 digest, so a truncated, corrupted or hand-edited cache is rebuilt, without ``ipaddress``
 (which costs milliseconds of imports on the pod-start path).
+
+Housekeeping on a miss: a cache is removed only by the call that wrote it (its file
+identity, ``remove_cache``), and temp files of killed writers are swept after a minute
+(``sweep_temp_files``).
 """
 
 from __future__ import annotations
@@ -93,16 +97,55 @@ def read_cache(path: str, *, plugin: str) -> tuple[dict[str, Any], list[RangeSet
         raise InvalidCache(f"invalid cache {path}: {e}") from None
 
 
-def write_cache(path: str, doc: dict[str, Any]) -> None:
-    """Write the cache atomically, creating its directory."""
+# A file's identity: (device, inode). A cache this process wrote is recognised by it.
+FileId = tuple[int, int]
+
+STALE_TEMP_SECONDS = 60.0  # a temp file this old was left by a killed writer
+
+
+def write_cache(path: str, doc: dict[str, Any]) -> FileId | None:
+    """Write the cache atomically, creating its directory; its identity, or None when
+    the file already held exactly this document (left alone: another ADD wrote it)."""
     from xcluster_cni_lib.support.atomicfile import write_atomic
 
-    write_atomic(path, json.dumps(doc).encode(), make_dirs=True)
+    if not write_atomic(path, json.dumps(doc).encode(), make_dirs=True, skip_unchanged=True):
+        return None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:  # already replaced or removed by another call
+        return None
+    return (st.st_dev, st.st_ino)
 
 
-def remove_cache(path: str) -> None:
-    """Remove the cache (no error when it is gone)."""
-    try:  # noqa: SIM105 (contextlib is not imported on the pod-start path)
-        os.unlink(path)
+def remove_cache(path: str, written: FileId | None) -> bool:
+    """Remove the cache only if it is still the file this process wrote (``written``):
+    a concurrent call's newer cache is never removed. The file is first renamed aside
+    (atomic), so nothing written in between is lost; returns whether it was removed."""
+    if written is None:
+        return False
+    from xcluster_cni_lib.support.atomicfile import temp_name
+
+    aside = temp_name(os.path.dirname(path) or ".")
+    try:
+        os.rename(path, aside)
     except FileNotFoundError:
-        pass
+        return False
+    try:
+        st = os.stat(aside)
+        if (st.st_dev, st.st_ino) == written:
+            return True
+        try:  # noqa: SIM105 (contextlib is not imported on the pod-start path)
+            os.link(aside, path)  # someone else's: put it back, unless a newer one is there
+        except FileExistsError:
+            pass
+        return False
+    finally:
+        os.unlink(aside)
+
+
+def sweep_temp_files(directory: str, *, older_than: float = STALE_TEMP_SECONDS) -> list[str]:
+    """Remove the temp files of atomic writes in ``directory`` older than ``older_than``
+    seconds (left by a writer killed before its rename); their names."""
+    from xcluster_cni_lib.support.atomicfile import remove_stale_temp_files
+
+    return remove_stale_temp_files(directory, older_than=older_than)

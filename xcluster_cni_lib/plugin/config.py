@@ -29,6 +29,7 @@ class IpamConfig:
     __slots__ = (
         "annotation",
         "cache_path",
+        "cluster_cidrs",
         "cni_version",
         "data_dir",
         "ipv4_namespaces",
@@ -67,18 +68,22 @@ class IpamConfig:
     per_family: dict[str, list[str]]
     node_name: str | None
     nodes_file: str | None
+    cluster_cidrs: tuple[str, ...] | None
 
     def inputs(self) -> dict[str, Any]:
         """What the cached ranges were built from, besides the node: a change means rebuild."""
-        return {
+        out = {
             "annotation": self.annotation,
             "nodesFile": self.nodes_file,
             **{k: self.per_family.get(k) for k in PER_FAMILY_KEYS},
         }
+        if self.cluster_cidrs is not None:  # absent: caches of older versions stay valid
+            out["clusterCIDRs"] = list(self.cluster_cidrs)
+        return out
 
 
 def _bad(key: str, value: object, why: str) -> CniError:
-    return CniError(INVALID_CONFIG, f"ipam config: {key} {why}", f"{key}={value!r}")
+    return CniError(INVALID_CONFIG, f"ipam config: {key} {why}", f"{key}={_short(repr(value))}")
 
 
 def _opt_str(ipam: Mapping[str, Any], key: str) -> str | None:
@@ -87,7 +92,14 @@ def _opt_str(ipam: Mapping[str, Any], key: str) -> str | None:
         return None
     if not isinstance(value, str) or not value:
         raise _bad(key, value, "must be a non-empty string")
+    if "\x00" in value:  # a path or name: the kernel refuses NUL bytes
+        raise _bad(key, value, "must not contain NUL bytes")
     return value
+
+
+def _short(value: str) -> str:
+    """At most 200 characters of a value, with its length when cut."""
+    return value if len(value) <= 200 else f"{value[:200]}... ({len(value)} characters)"
 
 
 def parse_config(
@@ -95,7 +107,13 @@ def parse_config(
 ) -> IpamConfig:
     """Parse and type-check the config; CniError code 7 (or 2) names the key and value."""
     name = netconf.get("name")
-    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+    if (
+        not isinstance(name, str)
+        or not name
+        or "/" in name
+        or "\x00" in name
+        or name in (".", "..")
+    ):
         raise _bad("name", name, "must be a network name usable as a directory name")
     ipam = netconf.get("ipam")
     if not isinstance(ipam, dict):
@@ -141,6 +159,13 @@ def parse_config(
     if plugin == "node-annotation" and annotation is None:
         raise _bad("annotation", None, "is required: the node annotation holding the ranges")
 
+    cluster_cidrs = ipam.get("clusterCIDRs")
+    if cluster_cidrs is not None and (
+        not isinstance(cluster_cidrs, list)
+        or not all(isinstance(c, str) and c and "\x00" not in c for c in cluster_cidrs)
+    ):
+        raise _bad("clusterCIDRs", cluster_cidrs, "must be a list of CIDR strings")
+
     loglevel = ipam.get("loglevel", "warning")
     if not isinstance(loglevel, str):
         raise _bad("loglevel", loglevel, "must be one of debug, info, warning, error")
@@ -163,4 +188,5 @@ def parse_config(
         per_family=per_family,
         node_name=_opt_str(ipam, "nodeName"),
         nodes_file=_opt_str(ipam, "nodesFile"),
+        cluster_cidrs=tuple(cluster_cidrs) if cluster_cidrs is not None else None,
     )

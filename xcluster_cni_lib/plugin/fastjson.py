@@ -50,22 +50,26 @@ _encode = (
 def loads(data: bytes | str) -> Any:
     """Decode one JSON document (UTF-8 bytes or text). ValueError when it is not one."""
     text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-    if _scan is None:  # pragma: no cover
+    try:
+        if _scan is None:  # pragma: no cover
+            import json
+
+            return json.loads(text)
+        start = len(text) - len(text.lstrip(_WS))
+        try:
+            value, end = _scan(text, start)
+            if not text[end:].strip(_WS):
+                return value
+        except (StopIteration, SystemError, ValueError):
+            pass
+        # Not one JSON document. The scanner reports errors with json.decoder's
+        # JSONDecodeError, found only when that module is loaded: let json say precisely
+        # what is wrong.
         import json
 
-        return json.loads(text)
-    start = len(text) - len(text.lstrip(_WS))
-    try:
-        value, end = _scan(text, start)
-        if not text[end:].strip(_WS):
-            return value
-    except (StopIteration, SystemError, ValueError):
-        pass
-    # Not one JSON document. The scanner reports errors with json.decoder's JSONDecodeError,
-    # found only when that module is loaded: let json say precisely what is wrong.
-    import json
-
-    json.loads(text, parse_constant=_reject_constant)
+        json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:  # hostile nesting ([[[[...): a decoding error like any other
+        raise ValueError("not JSON: nested too deeply") from None
     raise ValueError("not JSON")  # pragma: no cover - json.loads raised above
 
 

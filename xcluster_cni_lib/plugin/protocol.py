@@ -116,7 +116,8 @@ def parse_cni_args(text: str) -> dict[str, str]:
             continue
         out[key] = value
     if bad and out.get("IgnoreUnknown", "").lower() not in ("1", "true"):
-        raise CniError(INVALID_ENV, f"CNI_ARGS: malformed item {bad[0]!r}", text)
+        first, cut = bad[0][:200], text[:200]
+        raise CniError(INVALID_ENV, f"CNI_ARGS: malformed item {first!r}", cut)
     return out
 
 

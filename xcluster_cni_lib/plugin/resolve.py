@@ -16,10 +16,11 @@ import os
 from collections.abc import Iterable, Mapping
 
 from xcluster_cni_lib.core.addresses import parse_address, parse_cidr
-from xcluster_cni_lib.core.errors import InputError, InvalidNode
+from xcluster_cni_lib.core.errors import InputError, InvalidNode, shorten
 from xcluster_cni_lib.core.facts import node_annotation, node_name
 from xcluster_cni_lib.core.nodes import ADDRESSES_KEY, LONGEST_POD_CIDR, parse_node, pod_cidrs
 from xcluster_cni_lib.core.ownnode import find_own_object
+from xcluster_cni_lib.core.ranges import DEFAULT_POLICY, RangePolicy, parse_cidr_list
 from xcluster_cni_lib.core.values import Annotations, annotation_key_problem
 from xcluster_cni_lib.plugin import fastjson as json
 from xcluster_cni_lib.plugin.cache import FORMAT, RANGE_KEYS, RangeSet, digest
@@ -138,8 +139,9 @@ def _not_found(name: str, source: str, machine_id: str, where: str) -> CniError:
 
 
 def fetch_own_node(conf: IpamConfig, env: Mapping[str, str], log: Log) -> Mapping[str, Any]:
-    """The own Node object. CniError: 101 not found, 11 API unreachable, 7 bad kubeconfig
-    or nodes file."""
+    """The own Node object. CniError: 101 not found, 11 API unreachable or failing, 7 bad
+    kubeconfig, credentials refused (401/403), certificate not verified, or bad nodes
+    file; 100 (GET) or 101 (LIST) when the answer exceeds its cap."""
     name, source = own_node_name(conf, env)
     machine_id = ""
     if not name:
@@ -161,11 +163,17 @@ def fetch_own_node(conf: IpamConfig, env: Mapping[str, str], log: Log) -> Mappin
         if found is None:
             raise _not_found(name, source, machine_id, f"nodes file {conf.nodes_file}")
         return found
-    return _fetch_from_api(conf, env, name, source, machine_id)
+    return _fetch_from_api(conf, env, log, name=name, source=source, machine_id=machine_id)
 
 
 def _fetch_from_api(
-    conf: IpamConfig, env: Mapping[str, str], name: str, source: str, machine_id: str
+    conf: IpamConfig,
+    env: Mapping[str, str],
+    log: Log,
+    *,
+    name: str,
+    source: str,
+    machine_id: str,
 ) -> Mapping[str, Any]:
     from xcluster_cni_lib.plugin import kubelite
 
@@ -177,13 +185,29 @@ def _fetch_from_api(
     except (OSError, ValueError) as e:
         where = f"kubeconfig {kubeconfig}" if kubeconfig else "in-cluster configuration"
         raise CniError(INVALID_CONFIG, f"{where}: {e}", kubeconfig or "in-cluster") from None
+    where = f"kubeconfig {kubeconfig}" if kubeconfig else "in-cluster service account"
+    if ep.insecure:
+        log.warning(
+            f"{where}: insecure-skip-tls-verify is true: the API server {ep.server} is "
+            "not authenticated (anyone on the path can answer for it)"
+        )
     found: Mapping[str, Any] | None
     try:
         if name:
             found = kubelite.get_node(ep, name, timeout=conf.timeout)
         else:
             found = _pick(kubelite.iter_nodes(ep, timeout=conf.timeout), "", machine_id)
+    except kubelite.ResponseTooLarge as e:  # the same answer next time: not transient
+        raise CniError(NODE_UNUSABLE if name else NODE_NOT_FOUND, str(e), ep.server) from None
     except kubelite.ApiError as e:
+        if e.status in (401, 403):  # the credentials are wrong or lack rights: configuration
+            raise CniError(
+                INVALID_CONFIG,
+                f"API server {ep.server} refused the credentials of {where} (HTTP {e.status}): {e}",
+                where,
+            ) from None
+        if e.tls:
+            raise CniError(INVALID_CONFIG, f"{where}: {e}", where) from None
         raise CniError(TRY_AGAIN_LATER, f"API server: {e}", ep.server) from None
     if found is None:
         raise _not_found(name, source, machine_id, f"the API server {ep.server}")
@@ -194,12 +218,14 @@ def _fetch_from_api(
 
 
 def _unusable(node: str, reason: str, key: str, value: object) -> CniError:
-    return CniError(NODE_UNUSABLE, f"node {node}: {reason}", f"{key}={value!r}")
+    return CniError(NODE_UNUSABLE, f"node {node}: {reason}", f"{key}={shorten(repr(value))}")
 
 
 def _refused(e: InvalidNode) -> CniError:
     """A node the daemon skips, refused with the daemon's reason."""
-    details = "" if e.key is None else e.key if e.value is None else f"{e.key}={e.value!r}"
+    details = (
+        "" if e.key is None else e.key if e.value is None else f"{e.key}={shorten(repr(e.value))}"
+    )
     return CniError(NODE_UNUSABLE, f"node {e.node}: {e.reason}", details)
 
 
@@ -210,8 +236,30 @@ def _annotation_key(key: str) -> str:
     return key
 
 
+def range_policy(conf: IpamConfig) -> RangePolicy:
+    """The core's pod-range rule (``core.ranges``, the daemon's) with the config's
+    ``clusterCIDRs`` as allow-list. No host subnets: the node's own pod CIDR is a subnet
+    connected to this host (the bridge), by design."""
+    if conf.cluster_cidrs is None:
+        return DEFAULT_POLICY
+    try:
+        return RangePolicy(
+            cluster_cidrs=parse_cidr_list(",".join(conf.cluster_cidrs), key="clusterCIDRs")
+        )
+    except InputError as e:
+        raise CniError(
+            INVALID_CONFIG,
+            f"ipam config: {e}",
+            f"clusterCIDRs={shorten(repr(list(conf.cluster_cidrs)))}",
+        ) from None
+
+
 def node_subnets(
-    node: Mapping[str, Any], annotation: str | None, log: Log | None = None
+    node: Mapping[str, Any],
+    annotation: str | None,
+    log: Log | None = None,
+    *,
+    policy: RangePolicy = DEFAULT_POLICY,
 ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """kube-node: the node's pod CIDRs (the annotation, else ``spec.podCIDRs``), IPv4
     first, decided by ``core.nodes`` exactly as the router daemon decides them. A node
@@ -219,7 +267,7 @@ def node_subnets(
     entries the daemon ignores are ignored here too (and logged)."""
     annotations = Annotations(cidr=_annotation_key(annotation) if annotation else None)
     try:
-        network = parse_node(node, annotations=annotations)
+        network = parse_node(node, annotations=annotations, policy=policy)
     except InvalidNode as e:
         raise _refused(e) from None
     ignored = [str(p) for p in network.problems if p.key != ADDRESSES_KEY]
@@ -237,7 +285,7 @@ def kube_node_ranges(
     node: Mapping[str, Any], conf: IpamConfig, log: Log | None = None
 ) -> list[list[dict[str, str]]]:
     """host-local ranges from the node's subnets plus the per-family config keys."""
-    subnets = node_subnets(node, conf.annotation, log)
+    subnets = node_subnets(node, conf.annotation, log, policy=range_policy(conf))
     ranges = [[{"subnet": str(s)}] for s in subnets]
     for key, values in conf.per_family.items():
         for text in values:
@@ -258,9 +306,12 @@ def kube_node_ranges(
     return ranges
 
 
-def annotation_ranges(node: Mapping[str, Any], annotation: str) -> list[list[dict[str, str]]]:
+def annotation_ranges(
+    node: Mapping[str, Any], annotation: str, *, policy: RangePolicy = DEFAULT_POLICY
+) -> list[list[dict[str, str]]]:
     """node-annotation: host-local ranges from the JSON in the annotation, validated and
-    put in canonical form (``{"ranges": [...]}`` or the bare list)."""
+    put in canonical form (``{"ranges": [...]}`` or the bare list). Every subnet must
+    pass ``policy`` (the daemon's pod-range rule), or the node is refused."""
     name = node_name(node) or "?"
     text = node_annotation(node, _annotation_key(annotation))
     if text is None:
@@ -282,7 +333,11 @@ def annotation_ranges(node: Mapping[str, Any], annotation: str) -> list[list[dic
             for r in rangeset:
                 if not isinstance(r, dict) or not isinstance(r.get("subnet"), str):
                     raise ValueError(f"a range needs a subnet string: {r!r}")
-                c = {"subnet": str(parse_cidr(r["subnet"]))}
+                subnet = parse_cidr(r["subnet"])
+                refusal = policy.refusal(subnet)
+                if refusal is not None:
+                    raise ValueError(f"subnet refused: {refusal}")
+                c = {"subnet": str(subnet)}
                 for k, v in r.items():
                     if k != "subnet":
                         if not isinstance(v, str):
@@ -292,7 +347,7 @@ def annotation_ranges(node: Mapping[str, Any], annotation: str) -> list[list[dic
             out.append(canon)
         validate_ranges(out)
     except ValueError as e:
-        raise _unusable(name, f"invalid {key}: {e}", key, text) from None
+        raise _unusable(name, f"invalid {key}: {shorten(str(e))}", key, text) from None
     return sorted(out, key=lambda rs: ipaddress.ip_network(rs[0]["subnet"]).version)
 
 
@@ -301,7 +356,7 @@ def build_cache(conf: IpamConfig, env: Mapping[str, str], log: Log) -> dict[str,
     node = fetch_own_node(conf, env, log)
     if conf.plugin == "node-annotation":
         assert conf.annotation is not None
-        ranges = annotation_ranges(node, conf.annotation)
+        ranges = annotation_ranges(node, conf.annotation, policy=range_policy(conf))
     else:
         ranges = kube_node_ranges(node, conf, log)
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from xcluster_cni_lib.plugin import delegate as pluginexec
 from xcluster_cni_lib.plugin import fastjson as json
-from xcluster_cni_lib.plugin.cache import InvalidCache, RangeSet, read_cache, remove_cache
+from xcluster_cni_lib.plugin.cache import InvalidCache, RangeSet, read_cache
 from xcluster_cni_lib.plugin.config import IpamConfig, parse_config
 from xcluster_cni_lib.plugin.log import Log
 from xcluster_cni_lib.plugin.protocol import (
@@ -71,12 +71,17 @@ class _Call:
         self.stdout.flush()
 
     def delegate_env(self) -> dict[str, str]:
-        """The original env; CNI_ARGS gains IgnoreUnknown=1 when it carries keys host-local
-        does not know and lacks it (runtimes other than containerd/CRI-O)."""
+        """The original env; CNI_ARGS keeps only its well-formed ``K=V`` items (host-local
+        fails on any other, even with IgnoreUnknown) and gains IgnoreUnknown=1 when it
+        carries keys host-local does not know and lacks it (runtimes other than
+        containerd/CRI-O)."""
         env = dict(self.env)
         args = env.get("CNI_ARGS", "")
-        if args and "IgnoreUnknown=" not in args:
-            env["CNI_ARGS"] = "IgnoreUnknown=1;" + args
+        if args:
+            items = [i for i in args.split(";") if i.partition("=")[0] and "=" in i]
+            if not any(i.startswith("IgnoreUnknown=") for i in items):
+                items.insert(0, "IgnoreUnknown=1")
+            env["CNI_ARGS"] = ";".join(items)
         return env
 
     def delegate_stdin(self, ranges: list[RangeSet]) -> bytes:
@@ -166,14 +171,18 @@ def _add(call: _Call) -> int:
     delegate = call.find_delegate()
     ranges = _usable_cache(call)
     hit = ranges is not None
+    written = None  # the cache file this call wrote, if any
     if ranges is None:
-        from xcluster_cni_lib.plugin.cache import write_cache
+        from xcluster_cni_lib.plugin.cache import sweep_temp_files, write_cache
         from xcluster_cni_lib.plugin.resolve import build_cache, validate_ranges
 
         doc = build_cache(conf, call.env, call.log)
         ranges = validate_ranges(doc["ranges"])
         selected = _select(call, ranges)  # before writing: a refusal writes nothing
-        write_cache(conf.cache_path, doc)
+        swept = sweep_temp_files(conf.network_dir)
+        if swept:
+            call.log.warning(f"removed temp files a killed writer left: {swept}")
+        written = write_cache(conf.cache_path, doc)
         call.log.info(f"cache miss: node {doc['node']} ranges {doc['ranges']}")
     else:
         selected = _select(call, ranges)
@@ -183,8 +192,10 @@ def _add(call: _Call) -> int:
         pluginexec.exec_plugin(delegate, stdin=data, env=env)
     rc, out = pluginexec.run_plugin(delegate, stdin=data, env=env)
     if rc != 0:
-        if not hit:
-            remove_cache(conf.cache_path)
+        if written is not None:  # only the cache this call wrote: never a concurrent one
+            from xcluster_cni_lib.plugin.cache import remove_cache
+
+            remove_cache(conf.cache_path, written)
         return call.relay_error(rc, out)
     try:
         result = convert_result(json.loads(out), conf.cni_version)
@@ -342,6 +353,8 @@ def run(
         version = check_version(netconf.get("cniVersion"))
         error_version = version
         check_env(command, env)
+        if command in ("ADD", "CHECK"):  # code 4 naming the bad item (DEL must not fail)
+            parse_cni_args(env.get("CNI_ARGS", ""))
         conf = parse_config(netconf, plugin=plugin, cni_version=version, env=env)
         log = Log(plugin, logfile=conf.logfile, level=conf.loglevel)
         call = _Call(

@@ -12,6 +12,14 @@ client's model objects or raw Node dicts: lists are read as raw JSON
   configured one only; a token file (the service account's bound token, which expires
   after about an hour) is re-read whenever it changes.
 - ``list_node_facts(api_client, ...)`` and ``get_node(api_client, name)``: one-shot reads.
+
+Every answer is read with a cap, in pieces, never whole into memory first: a LIST page
+(``MAX_PAGE_BYTES``, 64 MiB), one Node (``MAX_OBJECT_BYTES``, 4 MiB: the API server
+refuses objects over about 1.5 MiB), the body of an error answer (``ERROR_BODY_BYTES``,
+64 KiB; only its start is kept). A larger answer raises ``TooLarge`` (a ``ValueError``,
+so a ``TemporaryError`` for the one-shot reads and a retried failure for the watcher). The
+client's own retries are bounded (``CLIENT_RETRIES``: at most one more try, never after
+an HTTP status) so that a hung server costs two read timeouts at most, not four.
 """
 
 from __future__ import annotations
@@ -30,9 +38,10 @@ import urllib3
 from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 
-from xcluster_cni_lib.core.errors import InputError, TemporaryError
+from xcluster_cni_lib.core.errors import InputError, TemporaryError, shorten
 from xcluster_cni_lib.core.facts import extract_facts
 from xcluster_cni_lib.core.values import NO_ANNOTATIONS, Annotations, NodeFacts
+from xcluster_cni_lib.sources.events import TooLarge
 from xcluster_cni_lib.support import jsonlog
 from xcluster_cni_lib.support.kubeconfig import (
     ClusterAccess,
@@ -44,12 +53,18 @@ from xcluster_cni_lib.support.kubeconfig import (
 )
 
 __all__ = [
+    "ERROR_BODY_BYTES",
+    "MAX_OBJECT_BYTES",
+    "MAX_PAGE_BYTES",
+    "TooLarge",
     "api_client_for",
     "configuration_for",
     "get_node",
     "list_node_facts",
     "load_access",
     "load_api_client",
+    "page_fetcher",
+    "read_body",
 ]
 
 log = jsonlog.get_logger(__name__)
@@ -58,20 +73,98 @@ log = jsonlog.get_logger(__name__)
 # errors (connection refused, reset, timeouts, truncated chunked bodies), socket errors,
 # and ValueError for a body that is not the JSON we expect. The API classes are typed
 # for model objects, which we bypass with ``_preload_content=False``: used through Any.
-REQUEST_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError, KeyError)
+# ``TooLarge`` is a ValueError too; it is named for readers.
+REQUEST_ERRORS = (
+    ApiException,
+    urllib3.exceptions.HTTPError,
+    OSError,
+    TooLarge,
+    ValueError,
+    KeyError,
+)
+
+MiB = 1 << 20
+#: The largest LIST page read (a page of 500 real nodes of 10-20 KB is 5-10 MB).
+MAX_PAGE_BYTES = 64 * MiB
+#: The largest single object read: one Node, one watch line (the API server's own limit
+#: for an object is about 1.5 MiB).
+MAX_OBJECT_BYTES = 4 * MiB
+#: How much of an error answer's body is read (the start of a Status is enough).
+ERROR_BODY_BYTES = 64 * 1024
+#: Bytes asked of the connection per read: memory grows in steps this size at most.
+READ_PIECE = 64 * 1024
+#: The client's own retries: one more try after a refused connection or after a read
+#: error (a pooled keep-alive connection the server closed meanwhile fails that way), so
+#: a hung server costs at most two read timeouts, not four (urllib3's default); never
+#: after an HTTP status. The callers retry with backoff themselves; the node source also
+#: stops waiting after its ``request_timeout``, whatever the client does.
+CLIENT_RETRIES = urllib3.util.Retry(
+    total=2, connect=1, read=1, status=0, other=0, redirect=0, raise_on_redirect=False
+)
 
 
-class _TimeoutApiClient(k8s_client.ApiClient):
-    """An ApiClient whose requests default to a timeout (the client has none)."""
+def read_body(response: Any, *, limit: int, what: str) -> bytearray:
+    """The whole body of ``response`` (a urllib3 response), read in pieces of
+    ``READ_PIECE`` bytes into one growing buffer (linear time, memory at most ``limit``
+    plus one piece). Raises ``TooLarge`` as soon as it is larger than ``limit`` bytes
+    (at once when the ``Content-Length`` says so); the connection is closed then, else
+    released to the pool."""
+    ok = False
+    try:
+        length = response.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise TooLarge(what, limit, int(length))
+        body = bytearray()
+        while True:
+            piece = response.read(READ_PIECE)
+            if not piece:
+                break
+            if len(body) + len(piece) > limit:
+                body.clear()  # freed now, not when the traceback's frames are collected
+                raise TooLarge(what, limit)
+            body += piece
+        ok = True
+        return body
+    finally:
+        if ok:
+            response.release_conn()
+        else:
+            _shut(response)
 
-    def __init__(self, configuration: Any, *, timeout: float) -> None:
+
+def _shut(response: Any) -> None:
+    """Close a response whose body is not read to its end (the connection is not reused)."""
+    for name in ("shutdown", "close"):
+        method = getattr(response, name, None)
+        if callable(method):
+            try:
+                method()
+            except Exception:  # closing a dead socket may raise anything
+                log.debug("closing a response failed", step=name)
+
+
+class _BoundedApiClient(k8s_client.ApiClient):
+    """An ApiClient whose requests default to a timeout (the client has none) and that
+    reads at most ``ERROR_BODY_BYTES`` of an error answer's body (the client reads it
+    whole before raising ``ApiException``)."""
+
+    def __init__(self, configuration: Any, *, timeout: float | None) -> None:
         super().__init__(configuration)
         self.default_timeout = timeout
 
     def call_api(self, *args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("_request_timeout") is None:
+        if kwargs.get("_request_timeout") is None and self.default_timeout is not None:
             kwargs["_request_timeout"] = self.default_timeout
-        return super().call_api(*args, **kwargs)
+        answer: Any = super().call_api(*args, **kwargs)
+        status = getattr(answer, "status", 200)
+        if not 200 <= status <= 299 and getattr(answer, "data", None) is None:
+            raw = answer.response
+            try:
+                answer.data = raw.read(ERROR_BODY_BYTES)
+            except (urllib3.exceptions.HTTPError, OSError):
+                answer.data = b""
+            _shut(raw)
+        return answer
 
 
 def load_access(
@@ -157,6 +250,7 @@ def configuration_for(access: ClusterAccess) -> Any:
         ssl_context(access)  # the same checks and errors as kubelite
     configuration: Any = k8s_client.Configuration()
     configuration.host = access.server.rstrip("/")
+    configuration.retries = CLIENT_RETRIES
     configuration.verify_ssl = not access.insecure
     if not access.insecure:
         configuration.ssl_ca_cert = access.ca_file
@@ -196,9 +290,7 @@ def api_client_for(access: ClusterAccess, *, timeout: float | None = None) -> An
     """An ``ApiClient`` for ``access`` (see ``configuration_for``)."""
     configuration = configuration_for(access)
     log.debug("api client configured", source=access.source, server=access.server)
-    if timeout is not None:
-        return _TimeoutApiClient(configuration, timeout=timeout)
-    return k8s_client.ApiClient(configuration)
+    return _BoundedApiClient(configuration, timeout=timeout)
 
 
 def status_of(exc: BaseException) -> int | None:
@@ -208,15 +300,17 @@ def status_of(exc: BaseException) -> int | None:
 def describe(exc: BaseException) -> str:
     """A short text for a failed request (no response body: it may be large)."""
     if isinstance(exc, ApiException):
-        return f"HTTP {exc.status} {exc.reason}".strip()
-    return f"{type(exc).__name__}: {exc}"
+        return shorten(f"HTTP {exc.status} {exc.reason}".strip())
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason  # the error itself, not the pool's retry bookkeeping
+    return shorten(f"{type(exc).__name__}: {exc}")
 
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _DECODER: Any = json.JSONDecoder()  # scan_once is not in the stubs
 
 
-def _scan_list(data: bytes, metadata: dict[str, Any]) -> Iterator[Any]:
+def _scan_list(data: bytes | bytearray, metadata: dict[str, Any]) -> Iterator[Any]:
     """Yield the ``items`` of a list document one at a time, filling ``metadata`` with its
     other top-level keys, so a page is never held as one big parsed tree (faster and
     lighter than ``json.loads`` for pages of 13 KB nodes). Raises ``ValueError`` on
@@ -262,16 +356,19 @@ def _scan_list(data: bytes, metadata: dict[str, Any]) -> Iterator[Any]:
                 raise ValueError(f"expected ',' or '}}' at offset {i}")
     except (IndexError, StopIteration) as exc:
         raise ValueError("truncated JSON list") from exc
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def read_list_pages(
-    list_node: Callable[..., Any],
+    fetch_page: Callable[..., bytes | bytearray],
     *,
     page_size: int,
     annotations: Annotations,
     request_timeout: Any = None,
 ) -> tuple[list[NodeFacts], str]:
-    """Every node's facts (one page of raw JSON held at a time) and the list's RV."""
+    """Every node's facts and the list's RV. ``fetch_page(**list_node_kwargs)`` returns
+    one page's body (see ``page_fetcher``); one page is held at a time."""
     facts: list[NodeFacts] = []
     token: str | None = None
     resource_version = ""
@@ -281,11 +378,7 @@ def read_list_pages(
             kwargs["_continue"] = token
         if request_timeout is not None:
             kwargs["_request_timeout"] = request_timeout
-        response = list_node(**kwargs)
-        try:
-            data = response.data
-        finally:
-            response.release_conn()
+        data = fetch_page(**kwargs)
         top: dict[str, Any] = {}
         for item in _scan_list(data, top):
             if isinstance(item, dict):
@@ -294,10 +387,25 @@ def read_list_pages(
         metadata = top.get("metadata")
         if not isinstance(metadata, dict):
             raise ValueError("the node list has no metadata")
-        resource_version = metadata.get("resourceVersion") or resource_version
-        token = metadata.get("continue") or None
+        rv = metadata.get("resourceVersion")
+        if isinstance(rv, str) and rv:
+            resource_version = rv
+        continued = metadata.get("continue")
+        token = continued if isinstance(continued, str) and continued else None
         if not token:
             return facts, resource_version
+
+
+def page_fetcher(
+    list_node: Callable[..., Any], *, limit: int = MAX_PAGE_BYTES
+) -> Callable[..., bytearray]:
+    """A ``fetch_page`` for ``read_list_pages``: calls ``list_node`` (the API's, with
+    ``_preload_content=False``) and reads the page with a cap of ``limit`` bytes."""
+
+    def fetch(**kwargs: Any) -> bytearray:
+        return read_body(list_node(**kwargs), limit=limit, what="node list page")
+
+    return fetch
 
 
 def list_node_facts(
@@ -305,13 +413,15 @@ def list_node_facts(
     *,
     annotations: Annotations = NO_ANNOTATIONS,
     page_size: int = 500,
+    max_page_bytes: int = MAX_PAGE_BYTES,
 ) -> list[NodeFacts]:
-    """The facts of every node (read with ``annotations``), in pages of ``page_size``.
-    Raises ``TemporaryError`` when the API cannot be read."""
+    """The facts of every node (read with ``annotations``), in pages of ``page_size``
+    (each at most ``max_page_bytes``). Raises ``TemporaryError`` when the API cannot be
+    read or answers with a page over the cap."""
     api = k8s_client.CoreV1Api(api_client)
     try:
         facts, _ = read_list_pages(
-            api.list_node,
+            page_fetcher(api.list_node, limit=max_page_bytes),
             page_size=page_size,
             annotations=annotations,
         )
@@ -329,17 +439,14 @@ def get_node(api_client: Any, name: str) -> dict[str, Any] | None:
     api: Any = k8s_client.CoreV1Api(api_client)
     try:
         response = api.read_node(name, _preload_content=False)
-        try:
-            node = json.loads(response.data)
-        finally:
-            response.release_conn()
+        node = json.loads(read_body(response, limit=MAX_OBJECT_BYTES, what=f"node {name}"))
     except ApiException as exc:
         if exc.status == 404:
             return None
         if exc.status in (408, 429) or not exc.status or exc.status >= 500:
             raise TemporaryError(f"cannot read node {name}: {describe(exc)}") from exc
         raise InputError(f"cannot read node {name}: {describe(exc)}") from exc
-    except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+    except (urllib3.exceptions.HTTPError, OSError, ValueError, RecursionError) as exc:
         raise TemporaryError(f"cannot read node {name}: {describe(exc)}") from exc
     if not isinstance(node, dict):
         raise TemporaryError(f"cannot read node {name}: the answer is not an object")

@@ -38,15 +38,44 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def _temp_name(directory: str) -> str:
+def temp_name(directory: str) -> str:
+    """A new temporary name in ``directory`` (``TMP_PREFIX``, pid, random)."""
     return os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}")
+
+
+def remove_stale_temp_files(directory: str, *, older_than: float) -> list[str]:
+    """Remove the ``TMP_PREFIX`` files (and symlinks) in ``directory`` not modified for
+    ``older_than`` seconds (what a writer killed between create and rename left); their
+    names. Directories are left alone; a missing directory, files removed meanwhile or
+    files that cannot be removed are no error."""
+    import time
+
+    now = time.time()
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:  # missing or unreadable: best effort
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(TMP_PREFIX):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                continue  # (the installer's staging directories are its own business)
+            if now - entry.stat(follow_symlinks=False).st_mtime < older_than:
+                continue
+            os.unlink(entry.path)
+        except OSError:  # gone meanwhile, or not ours to remove: leave it
+            continue
+        removed.append(entry.name)
+    return sorted(removed)
 
 
 def _replace(path: str, mode: int, fill: Callable[[BinaryIO], object]) -> None:
     """Write a temporary file in ``path``'s directory with ``fill``, fsync it, rename it
     over ``path``, fsync the directory. The temporary file is removed on any failure."""
     directory = os.path.dirname(path) or "."
-    tmp = _temp_name(directory)
+    tmp = temp_name(directory)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.fchmod(fd, mode)
@@ -142,7 +171,7 @@ def symlink_atomic(target: str, link: str | os.PathLike[str]) -> bool:
         pass
     directory = os.path.dirname(link) or "."
     for _ in range(100):
-        tmp = _temp_name(directory)
+        tmp = temp_name(directory)
         try:
             os.symlink(target, tmp)
             break

@@ -15,12 +15,23 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _SourceCollector(Collector):
-    """Reads the node source's own counters (``restarts``, ``relists``) at scrape time."""
+    """Reads the node source's own counters (``restarts``, ``relists``, and
+    ``malformed`` when given) at scrape time."""
 
-    def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
+    def __init__(
+        self, read: Callable[[], tuple[int, int]], malformed: Callable[[], int] | None = None
+    ) -> None:
         self._read = read
+        self._malformed = malformed
 
     def collect(self) -> Iterator[CounterMetricFamily]:
+        if self._malformed is not None:
+            yield CounterMetricFamily(
+                PREFIX + "watch_malformed_events",
+                "Watch events skipped because they were malformed (not JSON, not an object, "
+                "no or unknown type, object or metadata not an object, no name).",
+                value=self._malformed(),
+            )
         restarts, relists = self._read()
         yield CounterMetricFamily(
             PREFIX + "watch_restarts",
@@ -103,6 +114,12 @@ class DaemonMetrics:
             "Destinations held by another protocol's route at the last reconcile.",
             registry=r,
         )
+        self.contested_cidrs = Gauge(
+            PREFIX + "contested_cidrs",
+            "Pod CIDRs of other nodes that overlap another node's and get no route, "
+            "at the last reconcile.",
+            registry=r,
+        )
         self.deletes_deferred = Gauge(
             PREFIX + "route_deletes_deferred",
             "Deletes held back at the last reconcile because the node view was not synced "
@@ -124,9 +141,12 @@ class DaemonMetrics:
     def set_skipped(self, by_reason: dict[str, int]) -> None:
         self._skipped = dict(by_reason)
 
-    def watch_source(self, read: Callable[[], tuple[int, int]]) -> None:
-        """Export a node source's restart and relist counters, read at scrape time."""
-        self.registry.register(_SourceCollector(read))
+    def watch_source(
+        self, read: Callable[[], tuple[int, int]], malformed: Callable[[], int] | None = None
+    ) -> None:
+        """Export a node source's restart and relist counters (and its count of skipped
+        malformed events), read at scrape time."""
+        self.registry.register(_SourceCollector(read, malformed))
 
     def render(self) -> bytes:
         """The metrics in Prometheus text format."""

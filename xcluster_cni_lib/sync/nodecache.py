@@ -18,6 +18,7 @@ import attrs
 
 from xcluster_cni_lib.core.errors import InvalidNode
 from xcluster_cni_lib.core.nodes import parse_facts, problem_of
+from xcluster_cni_lib.core.ranges import DEFAULT_POLICY, RangePolicy
 from xcluster_cni_lib.core.values import NodeFacts, NodeNetwork, Problem
 from xcluster_cni_lib.support import jsonlog
 
@@ -54,17 +55,21 @@ class NodeCache:
     """Implements ``NodeSink``; thread-safe (one writer, any number of readers).
 
     ``synced`` becomes true with the first complete ``replace_all`` and stays true;
-    ``healthy`` follows ``set_healthy`` (initially false: nothing has been heard yet).
+    ``healthy`` follows ``set_healthy`` (initially false: nothing has been heard yet);
+    ``health_reason`` is the reason given with the last ``set_healthy(False, reason)``
+    (None while healthy).
     Each node is parsed with the annotation configuration its facts carry
     (``NodeFacts.annotations``, set by the node source).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, policy: RangePolicy = DEFAULT_POLICY) -> None:
+        self.policy = policy  # the pod-CIDR rule nodes are parsed with (core.ranges)
         self._nodes: dict[str, CachedNode] = {}
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self.synced = False
         self.healthy = False
+        self.health_reason: str | None = None
         self.generation = 0
         self.unchanged_events = 0  # upserts that changed nothing (heartbeats)
         # (generation, node name) per change; None as the name: a full list replaced all
@@ -129,14 +134,19 @@ class NodeCache:
         if changed:
             self._notify()
 
-    def set_healthy(self, healthy: bool) -> None:
+    def set_healthy(self, healthy: bool, reason: str | None = None) -> None:
+        reason = None if healthy else reason
         if healthy == self.healthy:
+            if reason != self.health_reason and not healthy:
+                self.health_reason = reason
+                log.debug("node source still unhealthy", reason=reason)
             return
         self.healthy = healthy
+        self.health_reason = reason
         if healthy:
             log.info("node source healthy")
         else:
-            log.warning("node source unhealthy; keeping routes as they are")
+            log.warning("node source unhealthy; keeping routes as they are", reason=reason)
         self._notify()
 
     # -- readers ---------------------------------------------------------------------------
@@ -191,7 +201,7 @@ class NodeCache:
 
     def _parse(self, facts: NodeFacts, previous: CachedNode | None) -> CachedNode:
         try:
-            network = parse_facts(facts)
+            network = parse_facts(facts, policy=self.policy)
         except InvalidNode as e:
             problem = problem_of(e)
             if previous is None or previous.problem != problem:

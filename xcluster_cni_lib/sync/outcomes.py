@@ -1,17 +1,18 @@
-"""What a reconcile did, and how it is told: the ``SyncResult`` value, the log lines of
-failed route operations and the daemon's metrics. Split from ``reconciler`` (the loop
-and the planning of a reconcile), which imports it."""
+"""What a reconcile did, and how it is told: the ``SyncResult`` value, which routes it
+restored and how many are installed, the log lines of failed route operations and the
+daemon's metrics. Split from ``reconciler`` (the loop and the planning of a reconcile),
+which imports it."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 import attrs
 
 from xcluster_cni_lib.core.nodes import FIELD_KEYS
-from xcluster_cni_lib.core.values import Plan, Problem, Route, RouteOutcome
+from xcluster_cni_lib.core.values import IPNetwork, Plan, Problem, Route, RouteOutcome
 from xcluster_cni_lib.support import jsonlog
 from xcluster_cni_lib.sync.metrics import DaemonMetrics
 
@@ -42,6 +43,50 @@ class SyncResult:
     @property
     def conflicts(self) -> int:
         return sum(1 for f in self.failures if f.status == "conflict")
+
+
+#: The route the previous reconcile wanted to a destination, if any.
+WantedBefore = Callable[[IPNetwork], Route | None]
+
+
+def restored_routes(
+    plan: Plan,
+    failures: Iterable[RouteOutcome],
+    wanted_before: WantedBefore | None,
+    *,
+    failed_before: Mapping[IPNetwork, RouteOutcome],
+) -> list[Route]:
+    """The routes this plan put back: added or replaced now, exactly as the last
+    reconcile wanted them (``wanted_before``: ``None`` at start), and not failing then
+    (then they were in place, so someone removed or changed them). A route the nodes
+    changed (another gateway, another CIDR) is new, not restored."""
+    if wanted_before is None or not (plan.add or plan.replace):
+        return []
+    failed = {o.route for o in failures}
+    out = []
+    for r in (*plan.add, *plan.replace):
+        if r in failed or wanted_before(r.dst) != r:
+            continue
+        before = failed_before.get(r.dst)
+        if before is None or before.op == "delete":
+            out.append(r)
+    return out
+
+
+def installed_after(present: Iterable[Route], outcomes: Iterable[RouteOutcome]) -> int:
+    """How many routes of ours a table holds after ``outcomes``, from what a list showed
+    before them (``present``): for a table that does not count them itself."""
+    by_dst: dict[IPNetwork, set[Route]] = {}
+    for r in present:
+        by_dst.setdefault(r.dst, set()).add(r)
+    for o in outcomes:
+        if not o.ok:
+            continue
+        if o.op == "delete":
+            by_dst.get(o.route.dst, set()).discard(o.route)
+        else:
+            by_dst[o.route.dst] = {o.route}  # an add or replace leaves it alone there
+    return sum(len(routes) for routes in by_dst.values())
 
 
 def report_failures(
@@ -112,3 +157,21 @@ def skip_reasons(
     for _ in {p.node for p in problems}:
         counts["unroutable"] += 1
     return dict(counts)
+
+
+def report_contested(
+    before: Sequence[Problem], now: Sequence[Problem], metrics: DaemonMetrics | None
+) -> tuple[Problem, ...]:
+    """Log each contested pod CIDR once when it appears (an error: a node claims another's
+    traffic) and once when it is resolved; count them. Returns the new set to keep."""
+    seen = set(before)
+    for p in now:
+        if p not in seen:
+            log.error("contested pod CIDR: no route", node=p.node, cidr=p.value, reason=p.reason)
+    current = set(now)
+    for p in before:
+        if p not in current:
+            log.info("pod CIDR no longer contested", node=p.node, cidr=p.value)
+    if metrics is not None:
+        metrics.contested_cidrs.set(len(now))
+    return tuple(now)

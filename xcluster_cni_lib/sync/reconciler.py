@@ -19,6 +19,11 @@ writes' events are known to the table and cost nothing. Rules that keep it safe:
 - failed route operations are logged with the route and the kernel's reason and retried
   soon (exponential backoff from ``retry_min`` to ``retry_max``), not only at the resync.
 
+A route put back as the previous reconcile wanted it, which did not fail then, counts as
+*restored* (someone removed or changed it); the reconciler keeps no copy of the installed
+routes for that, nor for their number (a tracking table counts them, else the full
+reconcile's list does).
+
 Timing: an isolated change is reconciled at once (leading edge); further notifications
 within ``coalesce`` seconds after a reconcile started are batched into the next one, so a
 burst of 100 node changes costs a couple of reconciles, not 100.
@@ -33,14 +38,19 @@ from collections.abc import Callable, Sequence
 from xcluster_cni_lib.core.ownnode import find_own, machine_id_key
 from xcluster_cni_lib.core.planning import DesiredRoutes, plan_routes
 from xcluster_cni_lib.core.ports import RouteTable, TrackingRouteTable
+from xcluster_cni_lib.core.ranges import RangePolicy
 from xcluster_cni_lib.core.values import IPNetwork, NodeNetwork, Plan, Problem, Route, RouteOutcome
 from xcluster_cni_lib.support import jsonlog
 from xcluster_cni_lib.sync.metrics import DaemonMetrics
 from xcluster_cni_lib.sync.nodecache import CachedNode, CacheView, NodeCache
 from xcluster_cni_lib.sync.outcomes import (
     SyncResult,
+    WantedBefore,
+    installed_after,
     record_metrics,
+    report_contested,
     report_failures,
+    restored_routes,
     skip_reasons,
 )
 
@@ -71,6 +81,7 @@ class Reconciler:
         retry_max: float = 10.0,
         metrics: DaemonMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        range_policy: Callable[[], RangePolicy] | None = None,
     ) -> None:
         self.cache = cache
         self.table = table
@@ -82,6 +93,10 @@ class Reconciler:
         self.retry_max = retry_max
         self.metrics = metrics
         self.clock = clock
+        # the pod-CIDR rule with the host's subnets, read at every full reconcile
+        self.range_policy = range_policy
+        # contested pod CIDRs as of the last reconcile (logged once per change; /readyz)
+        self.contested: tuple[Problem, ...] = ()
         self._wake = threading.Event()
         self._node_change = False
         self._tracking = isinstance(table, TrackingRouteTable)
@@ -90,11 +105,15 @@ class Reconciler:
         self._generation = -1
         self._by_machine_id: frozenset[str] = frozenset()  # nodes with our machine id
         self._skipped: dict[str, Problem] = {}
-        # our routes in the kernel, by destination, and their number
-        self._installed: dict[IPNetwork, tuple[Route, ...]] = {}
-        self._installed_count = 0
+        # The kernel holds what `_state` wants, but for `_failed`: a reconcile ended
+        # without raising since `_state` last changed. Not at start: nothing counts as
+        # restored then. (The installed routes are not kept here: a tracking table
+        # counts them, otherwise the full reconcile's list does.)
+        self._settled = False
         self._failed: dict[IPNetwork, RouteOutcome] = {}  # by destination, until fixed
-        self._tracked = False  # the table's tracked view is valid since our last full pass
+        # the table's tracked view is valid since our last full pass, and every change it
+        # reported since was reconciled (not so after a reconcile that raised)
+        self._tracked = False
         self._view_flags = (False, False)  # (synced, healthy) at the last full reconcile
         self._last_full = -1e9  # when the last full reconcile started
         self._retry_delay = 0.0
@@ -132,10 +151,20 @@ class Reconciler:
     def run_once(self) -> SyncResult:
         """Reconcile everything, now (a full reconcile). Raises only when listing the
         table fails."""
+        state = self._state
+        return self._full(state.routes.get if state is not None and self._settled else None)
+
+    def _full(self, wanted_before: WantedBefore | None) -> SyncResult:
+        """A full reconcile; ``wanted_before``: the route wanted to a destination when
+        the last reconcile ended (``None``: unknown, nothing counts as restored)."""
         started = self.clock()
         self._last_full = started
         view = self.cache.snapshot()
+        before = self._state
         state = self._desired(view)
+        if state is not before:
+            self._settled = False  # until the new desired routes are in place
+        self._tracked = False  # until this reconcile is done
         if self._tracking:
             # start tracking (first call) or drop the changes seen so far: the list covers them
             self.table.changed_destinations()  # type: ignore[attr-defined]
@@ -154,41 +183,23 @@ class Reconciler:
 
         outcomes = self.table.apply(plan) if plan else []
         failures = tuple(o for o in outcomes if not o.ok)
-        failed = {o.route for o in failures}
-        restored = [r for r in (*plan.add, *plan.replace) if r in self._installed.get(r.dst, ())]
-        restored = [r for r in restored if r not in failed]
-
-        # What our protocol holds now: present, minus what was deleted, plus what went in.
-        by_dst: dict[IPNetwork, tuple[Route, ...]] = {}
-        for p in present:
-            there = by_dst.get(p.dst)
-            if there is None:
-                by_dst[p.dst] = (p,)
-            elif p not in there:
-                by_dst[p.dst] = (*there, p)
-        for o in outcomes:
-            if not o.ok:
-                continue
-            if o.op == "delete":
-                left = tuple(r for r in by_dst.get(o.route.dst, ()) if r != o.route)
-                if left:
-                    by_dst[o.route.dst] = left
-                else:
-                    by_dst.pop(o.route.dst, None)
-            else:
-                by_dst[o.route.dst] = (o.route,)
-        self._installed = by_dst
-        self._installed_count = sum(len(rs) for rs in by_dst.values())
+        restored = restored_routes(plan, failures, wanted_before, failed_before=self._failed)
+        if self._tracking:
+            installed = self.table.installed_count()  # type: ignore[attr-defined]
+        else:
+            installed = installed_after(present, outcomes)
         self._failed = {f.route.dst: f for f in failures}
         self._skipped = {p.node: p for p in view.skipped}
         self._tracked = self._tracking
         self._view_flags = (view.synced, view.healthy)
+        self._settled = True
         return self._finish(
             started=started,
             plan=plan,
             outcomes=outcomes,
             deferred=deferred,
             restored=restored,
+            installed=installed,
             synced=view.synced,
             full=True,
         )
@@ -217,10 +228,12 @@ class Reconciler:
         if entries and self._own_affected(state, entries):
             return self.run_once()
         table: TrackingRouteTable = self.table  # type: ignore[assignment]
+        self._tracked = False  # until the changes taken now are reconciled
         kernel = table.changed_destinations()
         if kernel is None:
             return self.run_once()
         dirty = set(kernel)
+        wanted_before: WantedBefore = state.routes.get
         if entries:
             networks: dict[str, NodeNetwork | None] = {}
             for name, entry in entries.items():
@@ -230,14 +243,31 @@ class Reconciler:
                 else:
                     self._skipped[name] = problem
                 networks[name] = entry.network if entry is not None else None
+            # What was wanted at the changed nodes' CIDRs, old and new, before the update
+            # changes it there; elsewhere `state.routes` keeps it (a local update changes
+            # no other destination; after an overlap it is rebuilt into a new dict).
+            before = state.routes
+            changed = {
+                cidr: before.get(cidr)
+                for name, new in networks.items()
+                for n in (state.networks.get(name), new)
+                if n is not None
+                for cidr in n.cidrs
+            }
+
+            def wanted_before(dst: IPNetwork) -> Route | None:
+                return changed[dst] if dst in changed else before.get(dst)
+
+            self._settled = False
             touched = state.update(networks)
             self._generation = generation
             if touched is None:  # an overlap: everything was computed again
-                return self.run_once()
+                return self._full(wanted_before)
             dirty |= touched
         if retry:
             dirty |= self._failed.keys()
         if not dirty and not entries:
+            self._tracked = True
             return None
 
         wanted = state.routes
@@ -245,27 +275,19 @@ class Reconciler:
         plan = plan_routes((wanted[d] for d in dirty if d in wanted), present)
         outcomes = table.apply(plan) if plan else []
         failures = tuple(o for o in outcomes if not o.ok)
-        failed = {o.route for o in failures}
-        restored = [r for r in (*plan.add, *plan.replace) if r in self._installed.get(r.dst, ())]
-        restored = [r for r in restored if r not in failed]
-
-        after: dict[IPNetwork, tuple[Route, ...]] = {}
-        for r in table.routes_to(dirty) if outcomes else present:
-            after[r.dst] = (*after.get(r.dst, ()), r)
+        restored = restored_routes(plan, failures, wanted_before, failed_before=self._failed)
         for dst in dirty:
-            self._installed_count -= len(self._installed.pop(dst, ()))
             self._failed.pop(dst, None)
-        for dst, routes in after.items():
-            self._installed[dst] = routes
-            self._installed_count += len(routes)
         for f in failures:
             self._failed[f.route.dst] = f
+        self._tracked = self._settled = True
         return self._finish(
             started=started,
             plan=plan,
             outcomes=outcomes,
             deferred=0,
             restored=restored,
+            installed=table.installed_count(),
             synced=True,
             full=False,
         )
@@ -278,6 +300,7 @@ class Reconciler:
         outcomes: Sequence[RouteOutcome],
         deferred: int,
         restored: Sequence[Route],
+        installed: int,
         synced: bool,
         full: bool,
     ) -> SyncResult:
@@ -292,12 +315,13 @@ class Reconciler:
             f.route for f in self._failed.values() if f.status == "conflict"
         )
         problems = state.problems()
+        self._report_contested(state.contested())
         moved = {r.dst for r in plan.replace}  # their old-gateway deletes are part of the replace
         skipped = len(self._skipped) + len({p.node for p in problems})
         duration = self.clock() - started
         result = SyncResult(
             desired=len(state.routes),
-            installed=self._installed_count,
+            installed=installed,
             added=sum(1 for o in outcomes if o.op == "add" and o.ok),
             replaced=sum(1 for o in outcomes if o.op == "replace" and o.ok),
             deleted=sum(
@@ -339,10 +363,12 @@ class Reconciler:
 
     def _desired(self, view: CacheView) -> DesiredRoutes:
         """The desired routes of a cache view; computed again only when the cache changed."""
-        if self._state is not None and self._generation == view.generation:
-            return self._state
+        policy = self.range_policy() if self.range_policy is not None else None
+        state = self._state
+        if state is not None and self._generation == view.generation and state.policy == policy:
+            return state
         own = find_own(view.facts, name=self.node_name, machine_id=self.machine_id)
-        self._state = DesiredRoutes(view.networks, own=own.name if own else None)
+        self._state = DesiredRoutes(view.networks, own=own.name if own else None, policy=policy)
         self._generation = view.generation
         wanted = machine_id_key(self.machine_id)
         if not self.node_name and wanted:
@@ -366,6 +392,9 @@ class Reconciler:
             if entry is not None and machine_id_key(entry.facts.machine_id) == wanted:
                 return True
         return False
+
+    def _report_contested(self, contested: list[Problem]) -> None:
+        self.contested = report_contested(self.contested, contested, self.metrics)
 
     def _report_failures(self, failures: tuple[RouteOutcome, ...]) -> None:
         report_failures(failures, known_conflicts=self._conflicts_seen)

@@ -86,6 +86,14 @@ class FakeRouteTable:
         if self.on_change is not None:
             self.on_change()
 
+    def change_by_hand(self, route: Route) -> None:
+        """Someone rewrote our route to ``route.dst`` (``ip route replace ... proto``
+        with our protocol) or made one; calls ``on_change`` like a monitor."""
+        with self._lock:
+            self.routes[route.dst] = route
+        if self.on_change is not None:
+            self.on_change()
+
     def add_foreign(self, route: Route) -> None:
         """A route of another protocol now holds ``route.dst``."""
         with self._lock:

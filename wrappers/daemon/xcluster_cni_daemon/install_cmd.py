@@ -3,7 +3,8 @@
 Environment (documented in ``docs/install.md``; the list is
 ``xcluster_cni_lib.install.service.INSTALL_ENV``, read by ``settings_from_env``):
 ``NODE_NAME`` (required), ``INSTALL_K8S_NET`` (yes/no, default yes), ``ADDRESS_ANNOTATION``,
-``MTU``, ``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT``, ``KUBECONFIG``. Directory
+``MTU``, ``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT``, ``KUBECONFIG``,
+``CLUSTER_CIDRS`` (written into the conflist as ``clusterCIDRs``). Directory
 flags default to the container paths of the DaemonSet's hostPath mounts.
 """
 
