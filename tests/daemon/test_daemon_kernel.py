@@ -9,14 +9,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.apiserver import ApiServerDouble
 from tests.daemon.harness import (
-    add_gateways,
     expected,
     http_get,
     metric,
@@ -35,24 +33,6 @@ from xcluster_cni_lib.testing.nodes import default_internal_ips, default_pod_cid
 pytestmark = pytest.mark.root
 
 LATENCIES: dict[str, float] = {}
-
-
-@pytest.fixture
-def ns(netns: str) -> str:
-    add_gateways(netns)
-    return netns
-
-
-@pytest.fixture
-def api() -> Iterator[ApiServerDouble]:
-    with ApiServerDouble(bookmark_interval=0.5) as double:
-        double.set_nodes(make_node(f"n{i}", index=i, images=2) for i in range(4))
-        yield double
-
-
-@pytest.fixture
-def kubeconfig(api: ApiServerDouble, tmp_path: Any) -> str:
-    return api.write_kubeconfig(tmp_path / "kubeconfig")
 
 
 def fast_source(kubeconfig: str, **kw: Any) -> KubeNodeSource:

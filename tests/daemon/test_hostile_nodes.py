@@ -6,14 +6,12 @@ or flood the log; contested CIDRs are logged once as errors and counted."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.apiserver import ApiServerDouble
 from tests.daemon.harness import (
-    add_gateways,
     expected,
     http_get,
     metric,
@@ -26,24 +24,6 @@ from xcluster_cni_lib.testing.netns import run_in
 from xcluster_cni_lib.testing.nodes import make_node
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def ns(netns: str) -> str:
-    add_gateways(netns)  # 192.168.0.0/16, 172.20.0.0/16 and fd00::/64 are connected
-    return netns
-
-
-@pytest.fixture
-def api() -> Iterator[ApiServerDouble]:
-    with ApiServerDouble(bookmark_interval=0.5) as double:
-        double.set_nodes(make_node(f"n{i}", index=i, images=2) for i in range(4))
-        yield double
-
-
-@pytest.fixture
-def kubeconfig(api: ApiServerDouble, tmp_path: Any) -> str:
-    return api.write_kubeconfig(tmp_path / "kubeconfig")
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

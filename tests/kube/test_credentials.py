@@ -310,3 +310,17 @@ def b64_text(text: str) -> str:
     import base64
 
     return base64.b64encode(text.encode()).decode()
+
+
+def test_the_daemon_warns_when_verification_is_off(
+    pki: Path, api: TlsApiServerDouble, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = _insecure(pki, api.url, tmp_path)
+    with caplog.at_level("WARNING", logger="xcluster_cni_lib.sources.kube"):
+        kube.configuration_for(kube.load_access(path))
+    [record] = [r for r in caplog.records if "TLS verification is off" in r.getMessage()]
+    assert path in record.getMessage() and api.url in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="xcluster_cni_lib.sources.kube"):
+        kube.configuration_for(kube.load_access(_ca_data(pki, api.url, tmp_path)))
+    assert not [r for r in caplog.records if "TLS verification" in r.getMessage()]

@@ -252,7 +252,13 @@ def configuration_for(access: ClusterAccess) -> Any:
     configuration.host = access.server.rstrip("/")
     configuration.retries = CLIENT_RETRIES
     configuration.verify_ssl = not access.insecure
-    if not access.insecure:
+    if access.insecure:
+        log.warning(
+            "TLS verification is off (insecure-skip-tls-verify: true)",
+            kubeconfig=access.source,
+            server=access.server,
+        )
+    else:
         configuration.ssl_ca_cert = access.ca_file
         if access.ca_data is not None:
             configuration.ca_cert_data = ca_data_for_ssl(access.ca_data)
