@@ -6,9 +6,11 @@ PY := $(VENV)/bin/python
 DEB_PACKAGES := containernetworking-plugins iproute2 iputils-ping
 # tests/install: the plugin bundle (gcc, libc6-dev) and the image build (podman, runc, debootstrap)
 DEB_PACKAGES += gcc libc6-dev podman runc debootstrap
+# `make plugins`: the static host shim for arm64 (cross compiler) and its test under qemu
+DEB_PACKAGES += gcc-aarch64-linux-gnu qemu-user-static
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck pytest bench bench-quick soak mutation clean image
+.PHONY: setup demo test lint typecheck pytest bench bench-quick soak mutation clean image plugins
 
 setup: $(STAMP)
 
@@ -59,11 +61,27 @@ soak: setup
 	$(PY) tests/soak/run.py $(SOAK_ARGS)
 
 # `make mutation`: mutation testing of xcluster_cni_lib/core/ and plugin/protocol.py against
-# the fast unit tests, in a temporary copy of the tree (not part of `make test`; about 15
+# the fast unit tests, in a temporary copy of the tree (not part of `make test`; 15 to 30
 # minutes on 2 cores). `make mutation MUTATION_ARGS="--sample 150 --seed 1"` for a sample.
 # See docs/testing.md.
 mutation: setup
 	$(PY) tests/mutation/run.py $(MUTATION_ARGS)
+
+# `make plugins`: the static host shim (kube-node / node-annotation are this one executable
+# under two names) for x86-64 and arm64, into $(PLUGINS_OUT)/<arch>/xcluster-cni-shim.
+# Only Debian's gcc and gcc-aarch64-linux-gnu, no network. See docs/shim.md.
+PLUGINS_OUT ?= build/plugins
+SHIM_SRC := wrappers/ipam/shim/xcluster-cni-shim.c
+SHIM_CC_amd64 ?= gcc
+SHIM_CC_arm64 ?= aarch64-linux-gnu-gcc
+SHIM_CFLAGS := -std=gnu11 -Wall -Wextra -Os -static -s -fno-asynchronous-unwind-tables \
+  -ffunction-sections -fdata-sections -Wl,--gc-sections -Wl,--build-id=none
+plugins: $(PLUGINS_OUT)/amd64/xcluster-cni-shim $(PLUGINS_OUT)/arm64/xcluster-cni-shim
+
+$(PLUGINS_OUT)/%/xcluster-cni-shim: $(SHIM_SRC) Makefile
+	@command -v $(SHIM_CC_$*) >/dev/null || { echo "make plugins: $(SHIM_CC_$*) not found (apt-get install gcc gcc-aarch64-linux-gnu, or make setup)" >&2; exit 1; }
+	@mkdir -p $(@D)
+	$(SHIM_CC_$*) $(SHIM_CFLAGS) -o $@.tmp $< && mv $@.tmp $@
 
 # `make image`: build the image with docker when its daemon answers, else podman
 # (IMAGE=name:tag, IMAGE_BUILD_ARGS for e.g. --build-arg BASE_IMAGE=...). See docs/install.md.

@@ -30,7 +30,7 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "kernel": ({"core", "support"}, {"pyroute2"}),
     "sources": ({"core", "support"}, {"kubernetes", "urllib3", "yaml"}),
     "sync": ({"core", "support"}, {"attrs", "prometheus_client"}),
-    "daemon": ({"core", "support", "kernel", "sources", "sync"}, {"attrs"}),
+    "daemon": ({"core", "support", "kernel", "sources", "sync", "plugin"}, {"attrs"}),
     "install": ({"core", "support", "kernel", "sources"}, {"attrs", "yaml"}),
     "testing": ({"core", "support", "sync"}, {"attrs"}),
     "lab": ({"core", "support", "testing"}, {"attrs", "pytest"}),

@@ -51,6 +51,8 @@ SETTINGS: dict[str, str] = {
     "outside them get no route; empty = no allow-list (the deny-list still applies)",
     "MIN_POD_PREFIX_V4": "shortest IPv4 pod CIDR a node may claim, 1-30 (default 8)",
     "MIN_POD_PREFIX_V6": "shortest IPv6 pod CIDR a node may claim, 1-126 (default 32)",
+    "IPAM_SOCKET": "serve the IPAM verbs to the host shim on this Unix socket path "
+    "(e.g. /run/xcluster-cni/ipam.sock); empty = off",
 }
 
 
@@ -79,6 +81,7 @@ class DaemonConfig:
     cluster_cidrs: tuple[IPNetwork, ...] = ()
     min_pod_prefix_v4: int = DEFAULT_MIN_PREFIX_V4
     min_pod_prefix_v6: int = DEFAULT_MIN_PREFIX_V6
+    ipam_socket: str | None = None
     warnings: tuple[str, ...] = attrs.field(default=(), eq=False)
 
     @property
@@ -111,6 +114,7 @@ class DaemonConfig:
             "cluster_cidrs": ",".join(str(c) for c in self.cluster_cidrs) or None,
             "min_pod_prefix_v4": self.min_pod_prefix_v4,
             "min_pod_prefix_v6": self.min_pod_prefix_v6,
+            "ipam_socket": self.ipam_socket,
         }
 
 
@@ -182,6 +186,7 @@ def load_config(
         cluster_cidrs=parse_cluster_cidrs(get("CLUSTER_CIDRS"), warnings),
         min_pod_prefix_v4=parse_prefix("MIN_POD_PREFIX_V4", get("MIN_POD_PREFIX_V4"), family=4),
         min_pod_prefix_v6=parse_prefix("MIN_POD_PREFIX_V6", get("MIN_POD_PREFIX_V6"), family=6),
+        ipam_socket=parse_socket_path(get("IPAM_SOCKET")),
         warnings=tuple(warnings),
     )
 
@@ -276,6 +281,20 @@ def parse_duration(var: str, value: str | None, default: float = DEFAULT_RESYNC)
     if not 0.1 <= seconds <= 86400:
         raise ConfigError(var, value, "must be between 100ms and 24h")
     return seconds
+
+
+def parse_socket_path(value: str | None) -> str | None:
+    """``IPAM_SOCKET``: an absolute path that fits a Unix socket address (107 bytes);
+    empty = off."""
+    if value is None:
+        return None
+    if not value.startswith("/"):
+        raise ConfigError("IPAM_SOCKET", value, "must be an absolute path")
+    if len(os.fsencode(value)) > 107 or "\0" in value:
+        raise ConfigError("IPAM_SOCKET", value, "too long for a Unix socket (at most 107 bytes)")
+    if os.path.isdir(value):
+        raise ConfigError("IPAM_SOCKET", value, "is a directory")
+    return value
 
 
 def parse_http_address(value: str | None) -> tuple[str, int] | None:

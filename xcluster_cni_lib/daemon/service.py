@@ -4,9 +4,10 @@ status server.
 
 Threads: ``source`` (LIST+WATCH or file polling into the cache), ``monitor`` (the route
 table's tracker: kernel events that can change our routes -> reconcile), ``reconciler``
-(the loop) and ``http``. The caller's thread waits for a stop request (SIGTERM/SIGINT or
-``Daemon.stop``). Stopping never touches routes: a restarted daemon finds them in place
-and only fixes differences.
+(the loop), ``http`` and, with ``IPAM_SOCKET``, ``ipam`` (``daemon.ipamserver``: the IPAM
+verbs for the host shim, a thread per call). The caller's thread waits for a stop request
+(SIGTERM/SIGINT or ``Daemon.stop``). Stopping never touches routes: a restarted daemon
+finds them in place and only fixes differences.
 
 The pod-CIDR rule (``core.ranges.RangePolicy``): the settings' part (``CLUSTER_CIDRS``,
 the minimum prefixes, the deny-list) is applied when nodes are parsed into the cache; the
@@ -23,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xcluster_cni_lib.core.ports import KernelMonitor, NodeSource, RouteTable
 from xcluster_cni_lib.core.ranges import RangePolicy, host_view
@@ -34,6 +35,9 @@ from xcluster_cni_lib.support import jsonlog
 from xcluster_cni_lib.sync.metrics import DaemonMetrics
 from xcluster_cni_lib.sync.nodecache import NodeCache
 from xcluster_cni_lib.sync.reconciler import Reconciler
+
+if TYPE_CHECKING:
+    from xcluster_cni_lib.daemon.ipamserver import IpamServer
 
 log = jsonlog.get_logger(__name__)
 
@@ -171,6 +175,11 @@ class Daemon:
                 metrics=self.metrics.render,
                 warnings=self.warnings,
             )
+        self.ipam: IpamServer | None = None
+        if config.ipam_socket is not None:
+            from xcluster_cni_lib.daemon.ipamserver import IpamServer
+
+            self.ipam = IpamServer(config.ipam_socket, metrics=self.metrics)
         self._threads: list[threading.Thread] = []
 
     # -- checks ----------------------------------------------------------------------------
@@ -180,6 +189,8 @@ class Daemon:
         out = [f"thread {t.name} ended" for t in self._threads if not t.is_alive()]
         if not self._threads:
             out.append("not started")
+        if self.ipam is not None and self._threads and not self.ipam.alive:
+            out.append("IPAM server ended")
         stale = time.monotonic() - self.reconciler.last_tick
         if stale > LIVENESS_STALE:
             out.append(f"reconcile loop stuck for {stale:.0f}s")
@@ -219,6 +230,8 @@ class Daemon:
         log.info("starting", version=_version(), **self.config.to_log())
         for warning in self.config.warnings:
             log.warning(warning)
+        if self.ipam is not None:  # first: a socket it cannot take fails the start cleanly
+            self.ipam.start()
         self._spawn("reconciler", self._run_reconciler)
         self._spawn("source", lambda: self.source.run(self.cache, self.stop_event))
         monitor = self.monitor
@@ -265,6 +278,8 @@ class Daemon:
         deadline = time.monotonic() + STOP_DEADLINE
         if self.http is not None:
             self.http.stop()
+        if self.ipam is not None:
+            self.ipam.stop(timeout=max(0.0, deadline - time.monotonic()) / 2)
         for t in self._threads:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
         stuck = [t.name for t in self._threads if t.is_alive()]

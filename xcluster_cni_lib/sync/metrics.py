@@ -135,8 +135,19 @@ class DaemonMetrics:
             "Unix time of the last successful reconcile.",
             registry=r,
         )
+        self.ipam_calls = Counter(
+            PREFIX + "ipam_calls",
+            "IPAM calls served on IPAM_SOCKET by verb and CNI result code (0 = success, "
+            "11 = refused: too many at once).",
+            ["verb", "code"],
+            registry=r,
+        )
         self._skipped: dict[str, int] = {}
         r.register(_SkippedCollector(lambda: dict(self._skipped)))
+
+    def ipam_call(self, verb: str, code: int) -> None:
+        """Count one served IPAM call."""
+        self.ipam_calls.labels(verb, str(code)).inc()
 
     def set_skipped(self, by_reason: dict[str, int]) -> None:
         self._skipped = dict(by_reason)

@@ -1,0 +1,409 @@
+"""The IPAM verbs served on a Unix socket (``IPAM_SOCKET``) for the host shim.
+
+One request and one answer per connection (the wire protocol is in ``docs/ipam.md``,
+"Served by the agent"): the shim forwards its ``CNI_*`` environment, the plugin type
+(``XCLUSTER_CNI_PLUGIN``) and its stdin; the answer is the exit code and exactly what the
+standalone plugin would print. The verbs themselves are ``plugin.verbs.run``, the same
+code the ``kube-node``/``node-annotation`` executables run: host-local runs as a child
+process found on the forwarded ``CNI_PATH``, on the data directory of the config, so
+host-local's own locking keeps concurrent calls apart.
+
+Only root may connect (``SO_PEERCRED``); the socket is mode 0600 in a directory created
+root-only. A thread per connection, at most ``max_active`` calls at once; a call that
+finds no slot within ``slot_wait`` gets CNI error code 11 (try again later). Requests are
+bounded (entries, lengths) and must arrive within ``read_timeout``; a violation closes
+the connection with a warning.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import stat
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from xcluster_cni_lib.core.errors import shorten
+from xcluster_cni_lib.plugin import verbs
+from xcluster_cni_lib.plugin.protocol import LATEST_VERSION, SUPPORTED_VERSIONS
+from xcluster_cni_lib.support import jsonlog
+
+log = jsonlog.get_logger(__name__)
+
+MAGIC = b"XCN1"
+MAX_ENTRIES = 64
+MAX_ENTRY = 64 * 1024
+MAX_STDIN = 1024 * 1024
+MAX_STDOUT = 4 * 1024 * 1024
+PLUGIN_VAR = "XCLUSTER_CNI_PLUGIN"
+PLUGINS = ("kube-node", "node-annotation")
+TRY_AGAIN = 11  # CNI: "try again later"
+INVALID_ENV = 4  # CNI: invalid necessary environment variables
+INTERNAL = 999  # CNI: other errors
+
+DEFAULT_MAX_ACTIVE = 32
+DEFAULT_MAX_WAITING = 64
+DEFAULT_SLOT_WAIT = 10.0  # seconds; the shim gives up after 25 s in all
+DEFAULT_READ_TIMEOUT = 5.0  # seconds for the whole request
+
+Runner = Callable[..., int]
+
+
+class CallMetrics(Protocol):
+    """What the server reports per call (``sync.metrics.DaemonMetrics.ipam_call``)."""
+
+    def ipam_call(self, verb: str, code: int) -> None: ...
+
+
+class IpamServerError(Exception):
+    """The socket cannot be set up; the message names the path."""
+
+
+class BadRequest(Exception):
+    """A request that breaks the framing; the connection is closed without an answer."""
+
+
+class _Request:
+    def __init__(self, env: dict[str, str], plugin: str | None, stdin: bytes) -> None:
+        self.env = env
+        self.plugin = plugin
+        self.stdin = stdin
+
+
+def _read_exact(conn: socket.socket, n: int, deadline: float, what: str) -> bytes:
+    chunks: list[bytes] = []
+    left = n
+    while left:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BadRequest(f"request not complete in time (waiting for {what})")
+        conn.settimeout(remaining)
+        try:
+            chunk = conn.recv(min(left, 256 * 1024))
+        except TimeoutError:
+            raise BadRequest(f"request not complete in time (waiting for {what})") from None
+        if not chunk:
+            raise BadRequest(f"connection closed in the middle of the request ({what})")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_u32(conn: socket.socket, deadline: float, what: str) -> int:
+    value: int = struct.unpack(">I", _read_exact(conn, 4, deadline, what))[0]
+    return value
+
+
+def read_request(conn: socket.socket, timeout: float) -> _Request:
+    """One request off ``conn`` within ``timeout`` seconds; ``BadRequest`` on any framing
+    violation (the limits of the protocol, NUL bytes, names other than ``CNI_*`` and the
+    plugin entry)."""
+    deadline = time.monotonic() + timeout
+    magic = _read_exact(conn, 4, deadline, "magic")
+    if magic != MAGIC:
+        raise BadRequest(f"bad magic {magic!r}")
+    count = _read_u32(conn, deadline, "entry count")
+    if count > MAX_ENTRIES:
+        raise BadRequest(f"{count} environment entries (at most {MAX_ENTRIES})")
+    env: dict[str, str] = {}
+    plugin = None
+    for i in range(count):
+        length = _read_u32(conn, deadline, f"entry {i} length")
+        if length > MAX_ENTRY:
+            raise BadRequest(f"environment entry {i} is {length} bytes (at most {MAX_ENTRY})")
+        raw = _read_exact(conn, length, deadline, f"entry {i}")
+        name, sep, value = raw.decode("utf-8", "surrogateescape").partition("=")
+        if not sep or not name or "\0" in raw.decode("latin-1"):
+            raise BadRequest(f"environment entry {i} is not NAME=VALUE: {shorten(repr(raw))}")
+        if name == PLUGIN_VAR:
+            plugin = value
+        elif name.startswith("CNI_"):
+            env[name] = value
+        else:
+            raise BadRequest(f"environment entry {name!r} is not forwarded by the protocol")
+    size = _read_u32(conn, deadline, "stdin length")
+    if size > MAX_STDIN:
+        raise BadRequest(f"stdin is {size} bytes (at most {MAX_STDIN})")
+    stdin = _read_exact(conn, size, deadline, "stdin")
+    return _Request(env, plugin, stdin)
+
+
+def answer_frame(code: int, out: bytes) -> bytes:
+    """The answer: magic, exit code, stdout."""
+    return MAGIC + struct.pack(">II", code, len(out)) + out
+
+
+def error_object(code: int, msg: str, details: str, stdin: bytes) -> bytes:
+    """A CNI error object in the config's version when it has a known one."""
+    version = LATEST_VERSION
+    try:
+        doc = json.loads(stdin)
+        if isinstance(doc, dict) and doc.get("cniVersion") in SUPPORTED_VERSIONS:
+            version = doc["cniVersion"]
+    except ValueError:
+        pass
+    obj = {"cniVersion": version, "code": code, "msg": msg, "details": details}
+    return json.dumps(obj).encode() + b"\n"
+
+
+def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the connecting process."""
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def prepare_path(path: str) -> bool:
+    """Create the socket's directory root-only if missing; refuse to replace anything
+    that is not a socket. True when a (stale) socket is there."""
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        try:
+            os.makedirs(directory, mode=0o700)
+            os.chmod(directory, 0o700)  # makedirs' mode is subject to the umask
+        except OSError as e:
+            raise IpamServerError(f"cannot create the directory of {path}: {e}") from None
+    else:
+        mode = os.stat(directory).st_mode
+        if mode & 0o022:
+            log.warning(
+                "the IPAM socket's directory is writable by others", path=directory, mode=oct(mode)
+            )
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISSOCK(st.st_mode):
+        raise IpamServerError(f"{path} exists and is not a socket; refusing to replace it")
+    log.info("replacing a stale IPAM socket", path=path)
+    return True
+
+
+class IpamServer:
+    """Serves the IPAM verbs on ``path`` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        run: Runner = verbs.run,
+        metrics: CallMetrics | None = None,
+        max_active: int = DEFAULT_MAX_ACTIVE,
+        max_waiting: int = DEFAULT_MAX_WAITING,
+        slot_wait: float = DEFAULT_SLOT_WAIT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+    ) -> None:
+        self.path = path
+        self.run = run
+        self.metrics = metrics
+        self.max_active = max_active
+        self.max_connections = max_active + max_waiting
+        self.slot_wait = slot_wait
+        self.read_timeout = read_timeout
+        self._slots = threading.BoundedSemaphore(max_active)
+        self._lock = threading.Lock()
+        self._connections = 0
+        self._idle = threading.Condition(self._lock)
+        self._sock: socket.socket | None = None
+        self._inode: tuple[int, int] | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    @property
+    def alive(self) -> bool:
+        """True while the accept loop runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Bind and listen (errors raise ``IpamServerError``), then accept in a thread."""
+        stale = prepare_path(self.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # Linux gives the bound file the socket inode's mode (less the umask): 0600
+            # from the first moment, without touching the process-wide umask
+            os.fchmod(sock.fileno(), 0o600)
+            if stale:
+                os.unlink(self.path)
+            sock.bind(self.path)
+            os.chmod(self.path, 0o600)  # exactly 0600, whatever a umask took away
+            sock.listen(128)
+            st = os.lstat(self.path)
+        except OSError as e:
+            sock.close()
+            raise IpamServerError(f"cannot listen on {self.path}: {e}") from None
+        self._inode = (st.st_dev, st.st_ino)
+        sock.settimeout(0.25)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._accept_loop, name="ipam", daemon=True)
+        self._thread.start()
+        log.info("ipam serving", socket=self.path, max_active=self.max_active)
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop accepting, remove the socket (if it is still ours), wait up to ``timeout``
+        for calls in flight."""
+        self._stopping.set()
+        deadline = time.monotonic() + timeout
+        try:  # first: a shim connecting from now on gets "absent" (code 11) at once
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self._inode:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        if self._thread is not None:
+            self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if self._sock is not None:
+            self._sock.close()
+        with self._idle:
+            while self._connections:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("ipam calls still running at stop", calls=self._connections)
+                    break
+                self._idle.wait(left)
+
+    def _accept_loop(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        while not self._stopping.is_set():
+            try:
+                conn, _ = sock.accept()
+            except TimeoutError:
+                continue
+            except OSError as e:
+                if self._stopping.is_set():
+                    return
+                log.warning("ipam accept failed", error=str(e))
+                time.sleep(0.05)  # e.g. out of file descriptors: do not spin
+                continue
+            conn.settimeout(self.read_timeout)
+            with self._lock:
+                full = self._connections >= self.max_connections
+                if not full:
+                    self._connections += 1
+            if full:
+                self._busy(conn, b"")
+                continue
+            threading.Thread(
+                target=self._serve, args=(conn,), name="ipam-call", daemon=True
+            ).start()
+
+    def _busy(self, conn: socket.socket, stdin: bytes) -> None:
+        """Answer code 11: no slot."""
+        log.warning("ipam call refused: too many calls at once", limit=self.max_active)
+        out = error_object(
+            TRY_AGAIN,
+            f"xcluster-cni agent busy: more than {self.max_active} IPAM calls at once",
+            "the runtime retries; if this persists, look at the agent's log",
+            stdin,
+        )
+        self._count("unknown", TRY_AGAIN)
+        try:
+            conn.settimeout(1.0)
+            conn.sendall(answer_frame(1, out))
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            self._serve_one(conn)
+        except Exception as e:  # never a traceback, never a dead server
+            log.warning("ipam call failed", error=f"{type(e).__name__}: {e}")
+        finally:
+            conn.close()
+            with self._idle:
+                self._connections -= 1
+                self._idle.notify_all()
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        pid, uid, _ = peer_credentials(conn)
+        if uid != 0:
+            log.warning("ipam connection refused: not root", uid=uid, pid=pid)
+            return
+        t0 = time.monotonic()
+        try:
+            request = read_request(conn, self.read_timeout)
+        except BadRequest as e:
+            log.warning("ipam request rejected", reason=str(e), pid=pid)
+            return
+        verb = request.env.get("CNI_COMMAND", "")
+        verb = verb if verb in ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION") else "other"
+        if not self._slots.acquire(timeout=self.slot_wait):
+            self._busy(conn, request.stdin)
+            return
+        try:
+            rc, out = self._call(request)
+        finally:
+            self._slots.release()
+        code = 0 if rc == 0 else _error_code(out)
+        self._count(verb, code)
+        fields: dict[str, object] = {
+            "verb": verb,
+            "plugin": request.plugin,
+            "container": shorten(request.env.get("CNI_CONTAINERID", ""), 64) or None,
+            "ifname": request.env.get("CNI_IFNAME"),
+            "code": code,
+            "ms": round((time.monotonic() - t0) * 1000, 1),
+            "pid": pid,
+        }
+        if rc == 0:
+            log.debug("ipam call", **fields)
+        else:
+            log.warning("ipam call failed", error=_error_text(out), **fields)
+        conn.settimeout(self.read_timeout)
+        try:
+            conn.sendall(answer_frame(rc, out))
+        except OSError as e:
+            log.warning("ipam answer not delivered", error=str(e), verb=verb, pid=pid)
+
+    def _call(self, request: _Request) -> tuple[int, bytes]:
+        if request.plugin not in PLUGINS:
+            got = "missing" if request.plugin is None else repr(shorten(request.plugin, 40))
+            out = error_object(
+                INVALID_ENV,
+                f"{PLUGIN_VAR} is {got}: expected one of {', '.join(PLUGINS)}",
+                "the shim sends its own file name; install it as kube-node or node-annotation",
+                request.stdin,
+            )
+            return 1, out
+        buf = io.BytesIO()
+        rc = self.run(
+            request.plugin, env=request.env, stdin=request.stdin, stdout=buf, allow_exec=False
+        )
+        out = buf.getvalue()
+        if len(out) > MAX_STDOUT:
+            out = error_object(
+                INTERNAL, f"answer of {len(out)} bytes exceeds {MAX_STDOUT}", "", request.stdin
+            )
+            rc = 1
+        return (0 if rc == 0 else 1), out
+
+    def _count(self, verb: str, code: int) -> None:
+        if self.metrics is not None:
+            self.metrics.ipam_call(verb, code)
+
+
+def _error_code(out: bytes) -> int:
+    try:
+        doc = json.loads(out)
+        code = doc.get("code") if isinstance(doc, dict) else None
+        return code if isinstance(code, int) else INTERNAL
+    except ValueError:
+        return INTERNAL
+
+
+def _error_text(out: bytes) -> str:
+    try:
+        doc = json.loads(out)
+        if isinstance(doc, dict):
+            return shorten(f"{doc.get('msg', '')} {doc.get('details', '')}".strip(), 300)
+    except ValueError:
+        pass
+    return shorten(out.decode("utf-8", "replace"), 300)
