@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -20,6 +21,8 @@ from tests.ipamserver import client
 from xcluster_cni_lib.daemon.ipamserver import IpamServer
 
 Door = Callable[..., Outcome]
+# the shim of this machine's architecture
+NATIVE = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), "amd64")
 
 
 @pytest.fixture
@@ -43,10 +46,6 @@ def server(short_dir: Path) -> Iterator[IpamServer]:
         srv.stop()
 
 
-# The C host shim, when built (`make plugins`); the "shim" door is skipped without it.
-SHIM = Path(__file__).resolve().parents[2] / "build" / "plugins" / "amd64" / "xcluster-cni-shim"
-
-
 @pytest.fixture(params=["exe", "socket", "shim"])
 def door(request: pytest.FixtureRequest, server: IpamServer, short_dir: Path) -> Door:
     """``door(conf, command, plugin=..., **cni_env keywords) -> Outcome`` through the
@@ -54,12 +53,11 @@ def door(request: pytest.FixtureRequest, server: IpamServer, short_dir: Path) ->
     server, with the same env and stdin (the shim's config also names the socket)."""
     kind = str(request.param)
     if kind == "shim":
-        if not SHIM.exists():
-            pytest.skip(f"{SHIM} not built (make plugins)")
+        shim = request.getfixturevalue("plugins_dir") / NATIVE / "xcluster-cni-shim"
         bin_dir = short_dir / "bin"
         bin_dir.mkdir()
         for name in ("kube-node", "node-annotation"):
-            shutil.copy2(SHIM, bin_dir / name)
+            shutil.copy2(shim, bin_dir / name)
         return make_door(kind, server.path, bin_dir)
     return make_door(kind, server.path)
 

@@ -46,10 +46,17 @@ def _start(netns: str, tmp_path: Path, **extra: str) -> subprocess.Popen[str]:
     )
 
 
+def _healthy(netns: str) -> bool:
+    """The daemon's start-up is over (its signal handlers are in place)."""
+    probe = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9202/healthz')"
+    cmd = ["ip", "netns", "exec", netns, sys.executable, "-c", probe]
+    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+
+
 def _stop(proc: subprocess.Popen[str]) -> tuple[int, list[dict[str, object]]]:
     try:
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=5)
+        code = proc.wait(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -61,11 +68,14 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[int, list[dict[str, object]]]:
 @pytest.mark.root
 def test_daemon_serves_ipam_when_configured(netns: str, tmp_path: Path, short_dir: Path) -> None:
     sock = str(short_dir / "run" / "ipam.sock")
-    proc = _start(netns, tmp_path, IPAM_SOCKET=sock, LOG_LEVEL="debug")
+    proc = _start(
+        netns, tmp_path, IPAM_SOCKET=sock, LOG_LEVEL="debug", HTTP_ADDRESS="127.0.0.1:9202"
+    )
     try:
         wait_for(lambda: os.path.exists(sock), timeout=15, what="the IPAM socket")
         out = client.call(sock, cni_env("VERSION"), b'{"cniVersion": "1.0.0"}')
         assert out.rc == 0 and out.json["cniVersion"] == "1.0.0"
+        wait_for(lambda: _healthy(netns), timeout=15, what="healthz")
     finally:
         code, lines = _stop(proc)
     assert code == 0, lines

@@ -273,3 +273,42 @@ def test_refusal_equals_a_brute_force_model(
         assert (reason is not None) == model_refused(policy, q), (q, reason)
         if reason is not None:
             assert str(q) in reason
+
+
+# -- edges the mutation run found untested -------------------------------------------
+
+
+@pytest.mark.parametrize(("v4", "v6"), [(0, 0), (32, 128), (0, 128), (32, 0)])
+def test_the_minimum_prefix_bounds_are_inclusive(v4: int, v6: int) -> None:
+    policy = RangePolicy(min_prefix_v4=v4, min_prefix_v6=v6)
+    assert (policy.min_prefix_v4, policy.min_prefix_v6) == (v4, v6)
+
+
+def test_a_slash_30_has_a_network_and_a_broadcast_address() -> None:
+    policy = RangePolicy().with_host([net("10.0.0.0/30"), net("fd00:2::/126")])
+    assert "network address" in (policy.gateway_refusal(ip("10.0.0.0")) or "")
+    assert "broadcast address" in (policy.gateway_refusal(ip("10.0.0.3")) or "")
+    assert "network address" in (policy.gateway_refusal(ip("fd00:2::")) or "")
+    assert policy.gateway_refusal(ip("10.0.0.1")) is None
+
+
+def test_families_never_match_each_other() -> None:
+    # an IPv6 CIDR whose leading bits are zero is not "inside" an IPv4 range
+    assert RangePolicy().refusal(net("0:0:1::/48")) is None
+    v4_only = RangePolicy(cluster_cidrs=[net("0.0.0.0/1")], min_prefix_v4=1)
+    assert "outside the cluster CIDRs" in (v4_only.refusal(net("0:a00::/32")) or "")
+    assert RangePolicy().with_host([net("10.0.0.0/8")]).refusal(net("0:a00::/32")) is None
+
+
+def test_the_remembered_answers_are_not_part_of_the_value() -> None:
+    used, fresh = (
+        RangePolicy(cluster_cidrs=[net("10.244.0.0/16")]),
+        RangePolicy(cluster_cidrs=[net("10.244.0.0/16")]),
+    )
+    assert used.refusal(net("10.244.1.0/24")) is None  # fills its memo
+    assert used == fresh and hash(used) == hash(fresh)
+    assert repr(used) == repr(fresh)
+    assert repr(used) == (
+        "RangePolicy(cluster_cidrs=(IPv4Network('10.244.0.0/16'),), min_prefix_v4=8, "
+        "min_prefix_v6=32, host_subnets=(), host_addresses=frozenset())"
+    )

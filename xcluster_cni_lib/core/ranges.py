@@ -175,9 +175,6 @@ class RangePolicy:
         """This policy with the host's connected subnets and own addresses."""
         return attrs.evolve(self, host_subnets=tuple(subnets), host_addresses=frozenset(addresses))
 
-    def with_host_subnets(self, subnets: Iterable[IPNetwork]) -> RangePolicy:
-        return attrs.evolve(self, host_subnets=tuple(subnets))
-
     def without_host(self) -> RangePolicy:
         """The static part: the same rule for every node of the cluster."""
         return attrs.evolve(self, host_subnets=(), host_addresses=frozenset())

@@ -17,6 +17,7 @@ the connection with a warning.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -223,18 +224,30 @@ class IpamServer:
         """Bind and listen (errors raise ``IpamServerError``), then accept in a thread."""
         stale = prepare_path(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        temp = self.path
         try:
             # Linux gives the bound file the socket inode's mode (less the umask): 0600
             # from the first moment, without touching the process-wide umask
             os.fchmod(sock.fileno(), 0o600)
-            if stale:
-                os.unlink(self.path)
-            sock.bind(self.path)
-            os.chmod(self.path, 0o600)  # exactly 0600, whatever a umask took away
+            # bound and listening under a temporary name, then renamed into place: a
+            # client never finds the path without a listener behind it (and a stale
+            # socket is replaced in one step)
+            temp = os.path.join(os.path.dirname(self.path), f".ipam-{os.getpid()}.sock")
+            if len(os.fsencode(temp)) > 107:
+                temp = self.path
+                if stale:
+                    os.unlink(self.path)
+            sock.bind(temp)
+            os.chmod(temp, 0o600)  # exactly 0600, whatever a umask took away
             sock.listen(128)
+            if temp != self.path:
+                os.rename(temp, self.path)
             st = os.lstat(self.path)
         except OSError as e:
             sock.close()
+            if temp != self.path:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
             raise IpamServerError(f"cannot listen on {self.path}: {e}") from None
         self._inode = (st.st_dev, st.st_ino)
         sock.settimeout(0.25)
