@@ -68,7 +68,8 @@ def _node_install(root: str) -> str:
     return str(script)
 
 
-def _env(command: str, cid: str) -> dict[str, str]:
+def cni_env(command: str, cid: str) -> dict[str, str]:
+    """The CNI environment of one benchmark call (also used by ``ipam_served``)."""
     return {
         "CNI_COMMAND": command,
         "CNI_CONTAINERID": cid,
@@ -92,11 +93,11 @@ def _conf(data_dir: str, name: str, ipam: dict[str, object]) -> bytes:
 
 def _timed_add(path: str, conf: bytes, cid: str) -> float:
     start = time.perf_counter()
-    code, out = run_plugin(path, stdin=conf, env=_env("ADD", cid))
+    code, out = run_plugin(path, stdin=conf, env=cni_env("ADD", cid))
     elapsed = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"{path} ADD failed: {out.decode()}")
-    code, out = run_plugin(path, stdin=conf, env=_env("DEL", cid))
+    code, out = run_plugin(path, stdin=conf, env=cni_env("DEL", cid))
     if code != 0:
         raise SystemExit(f"{path} DEL failed: {out.decode()}")
     return elapsed

@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.ipam_latency import cni_env  # noqa: E402
 from tests.ipamserver import client  # noqa: E402
 from xcluster_cni_lib.plugin.delegate import run_plugin  # noqa: E402
 from xcluster_cni_lib.testing.netns import netns  # noqa: E402
@@ -36,17 +37,6 @@ from xcluster_cni_lib.testing.nodes import make_node  # noqa: E402
 HOST_LOCAL = "/usr/lib/cni/host-local"
 BIN = Path(sys.executable).parent
 SHIM = ROOT / "build" / "plugins" / "amd64" / "xcluster-cni-shim"
-
-
-def _env(command: str, cid: str) -> dict[str, str]:
-    return {
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": cid,
-        "CNI_NETNS": "/var/run/netns/bench",
-        "CNI_IFNAME": "eth0",
-        "CNI_PATH": "/usr/lib/cni",
-        "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=bench",
-    }
 
 
 def _conf(data_dir: str, name: str, ipam: dict[str, object]) -> bytes:
@@ -102,7 +92,7 @@ def measure_rss(ns: str, nodes_file: str, sock: str) -> dict[str, int]:
     try:
         out["idle_kb"] = _settled_rss(proc)
         for _ in range(100):
-            client.call(sock, _env("VERSION", ""), b"")
+            client.call(sock, cni_env("VERSION", ""), b"")
         out["after_100_calls_kb"] = _vmrss_kb(proc.pid)
     finally:
         _stop(proc)
@@ -143,11 +133,11 @@ def _run(ns: str, tmp: str, rounds: int) -> dict[str, object]:
     ipam = {"type": "kube-node", "nodesFile": nodes_file, "nodeName": "bench-node"}
 
     def via_exe(path: str, conf: bytes) -> Callable[[str, str], tuple[int, bytes]]:
-        return lambda command, cid: run_plugin(path, stdin=conf, env=_env(command, cid))
+        return lambda command, cid: run_plugin(path, stdin=conf, env=cni_env(command, cid))
 
     def via_socket(conf: bytes) -> Callable[[str, str], tuple[int, bytes]]:
         def call(command: str, cid: str) -> tuple[int, bytes]:
-            out = client.call(sock, _env(command, cid), conf)
+            out = client.call(sock, cni_env(command, cid), conf)
             return out.rc, out.out
 
         return call
