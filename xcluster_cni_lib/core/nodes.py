@@ -71,8 +71,7 @@ _T = TypeVar("_T", IPNetwork, IPAddress)
 
 def _cidr_check(policy: RangePolicy) -> Callable[[IPNetwork], str | None]:
     def check(cidr: IPNetwork) -> str | None:
-        if cidr.prefixlen == 0:
-            return f"{cidr} is a default route, not a pod CIDR"
+        # a /0 is refused by the policy (``core.ranges``), with its own text
         longest = LONGEST_POD_CIDR[cidr.version]
         if cidr.prefixlen > longest:
             return f"{cidr} is too small for pods (at most /{longest})"
