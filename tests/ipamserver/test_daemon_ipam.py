@@ -24,13 +24,35 @@ CLI = os.path.join(os.path.dirname(sys.executable), "xcluster-cni")
 def test_ipam_socket_setting() -> None:
     assert load_config({}, rt_protos={}).ipam_socket is None
     assert load_config({"IPAM_SOCKET": " "}, rt_protos={}).ipam_socket is None  # empty = off
-    config = load_config({"IPAM_SOCKET": "/run/x/ipam.sock"}, rt_protos={})
+    node = {"NODE_NAME": "n1"}
+    config = load_config({**node, "IPAM_SOCKET": "/run/x/ipam.sock"}, rt_protos={})
     assert config.ipam_socket == "/run/x/ipam.sock"
     assert config.to_log()["ipam_socket"] == "/run/x/ipam.sock"
+    assert config.ipam_node_file == "/var/lib/cni/xcluster-cni/own-node.json"
+    assert config.ipam_cni_path == "/opt/xcluster-cni/reference:/usr/lib/cni"
     for bad, why in [("run/ipam.sock", "absolute"), ("/" + "a" * 107, "107"), ("/tmp", "dir")]:
         with pytest.raises(ConfigError, match=why) as e:
-            load_config({"IPAM_SOCKET": bad}, rt_protos={})
+            load_config({**node, "IPAM_SOCKET": bad}, rt_protos={})
         assert e.value.name == "IPAM_SOCKET"
+    # the server watches its own node by name (a nodes file may find it by machine id)
+    with pytest.raises(ConfigError, match="set NODE_NAME"):
+        load_config({"IPAM_SOCKET": "/run/x/ipam.sock"}, rt_protos={})
+    assert load_config({"IPAM_SOCKET": "/run/x/i.sock", "NODES_FILE": "/n.json"}, rt_protos={})
+
+
+def test_ipam_node_file_and_cni_path_settings() -> None:
+    base = {"NODE_NAME": "n1", "IPAM_SOCKET": "/run/x/ipam.sock"}
+    config = load_config(
+        {**base, "IPAM_NODE_FILE": "/state/n.json", "IPAM_CNI_PATH": "/a::/b:"}, rt_protos={}
+    )
+    assert (config.ipam_node_file, config.ipam_cni_path) == ("/state/n.json", "/a:/b")
+    for name, bad in [("IPAM_NODE_FILE", "state.json"), ("IPAM_NODE_FILE", "/tmp")] + [
+        ("IPAM_CNI_PATH", "/a:bin"),
+        ("IPAM_CNI_PATH", ":"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            load_config({**base, name: bad}, rt_protos={})
+        assert e.value.name == name
 
 
 def _start(netns: str, tmp_path: Path, **extra: str) -> subprocess.Popen[str]:

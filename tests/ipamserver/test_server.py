@@ -76,7 +76,7 @@ def test_32_concurrent_adds_get_distinct_addresses(
 def test_beyond_the_cap_a_call_gets_code_11_in_its_version(short_dir: Path) -> None:
     release, running = threading.Event(), threading.Event()
 
-    def slow(plugin: str, *, env: Any, stdin: bytes, stdout: Any, allow_exec: bool) -> int:
+    def slow(plugin: str, *, env: Any, stdin: bytes, stdout: Any, **kw: Any) -> int:
         running.set()
         release.wait(10)
         return 0

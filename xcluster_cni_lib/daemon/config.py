@@ -35,6 +35,9 @@ from xcluster_cni_lib.support.jsonlog import LEVELS
 from xcluster_cni_lib.support.rtprotos import read_rt_protos
 
 DEFAULT_RESYNC = 60.0
+DEFAULT_NODE_FILE = "/var/lib/cni/xcluster-cni/own-node.json"
+# the image's host-local (docs/install.md), then Debian's
+DEFAULT_IPAM_CNI_PATH = "/opt/xcluster-cni/reference:/usr/lib/cni"
 
 # name -> one-line help; the flag is --name-in-kebab-case.
 SETTINGS: dict[str, str] = {
@@ -53,6 +56,10 @@ SETTINGS: dict[str, str] = {
     "MIN_POD_PREFIX_V6": "shortest IPv6 pod CIDR a node may claim, 1-126 (default 32)",
     "IPAM_SOCKET": "serve the IPAM verbs to the host shim on this Unix socket path "
     "(e.g. /run/xcluster-cni/ipam.sock); empty = off",
+    "IPAM_NODE_FILE": "where the IPAM server keeps its own Node for restarts without the "
+    f"API server (default {DEFAULT_NODE_FILE})",
+    "IPAM_CNI_PATH": "directories searched for host-local by served IPAM calls, before the "
+    f"caller's CNI_PATH (default {DEFAULT_IPAM_CNI_PATH})",
 }
 
 
@@ -82,6 +89,8 @@ class DaemonConfig:
     min_pod_prefix_v4: int = DEFAULT_MIN_PREFIX_V4
     min_pod_prefix_v6: int = DEFAULT_MIN_PREFIX_V6
     ipam_socket: str | None = None
+    ipam_node_file: str = DEFAULT_NODE_FILE
+    ipam_cni_path: str = DEFAULT_IPAM_CNI_PATH
     warnings: tuple[str, ...] = attrs.field(default=(), eq=False)
 
     @property
@@ -115,6 +124,8 @@ class DaemonConfig:
             "min_pod_prefix_v4": self.min_pod_prefix_v4,
             "min_pod_prefix_v6": self.min_pod_prefix_v6,
             "ipam_socket": self.ipam_socket,
+            "ipam_node_file": self.ipam_node_file if self.ipam_socket else None,
+            "ipam_cni_path": self.ipam_cni_path if self.ipam_socket else None,
         }
 
 
@@ -173,6 +184,14 @@ def load_config(
     if nodes_file is not None and os.path.isdir(nodes_file):
         raise ConfigError("NODES_FILE", nodes_file, "is a directory")
 
+    ipam_socket = parse_socket_path(get("IPAM_SOCKET"))
+    if ipam_socket is not None and node_name is None and nodes_file is None:
+        raise ConfigError(
+            "IPAM_SOCKET",
+            ipam_socket,
+            "the IPAM server watches its own node: set NODE_NAME (from the downward API)",
+        )
+
     return DaemonConfig(
         node_name=node_name,
         log_level=level,
@@ -186,7 +205,9 @@ def load_config(
         cluster_cidrs=parse_cluster_cidrs(get("CLUSTER_CIDRS"), warnings),
         min_pod_prefix_v4=parse_prefix("MIN_POD_PREFIX_V4", get("MIN_POD_PREFIX_V4"), family=4),
         min_pod_prefix_v6=parse_prefix("MIN_POD_PREFIX_V6", get("MIN_POD_PREFIX_V6"), family=6),
-        ipam_socket=parse_socket_path(get("IPAM_SOCKET")),
+        ipam_socket=ipam_socket,
+        ipam_node_file=parse_absolute("IPAM_NODE_FILE", get("IPAM_NODE_FILE"), DEFAULT_NODE_FILE),
+        ipam_cni_path=parse_search_path(get("IPAM_CNI_PATH")),
         warnings=tuple(warnings),
     )
 
@@ -295,6 +316,28 @@ def parse_socket_path(value: str | None) -> str | None:
     if os.path.isdir(value):
         raise ConfigError("IPAM_SOCKET", value, "is a directory")
     return value
+
+
+def parse_absolute(var: str, value: str | None, default: str) -> str:
+    """An absolute file path (not a directory)."""
+    if value is None:
+        return default
+    if not value.startswith("/") or "\0" in value:
+        raise ConfigError(var, value, "must be an absolute path")
+    if os.path.isdir(value):
+        raise ConfigError(var, value, "is a directory")
+    return value
+
+
+def parse_search_path(value: str | None) -> str:
+    """``IPAM_CNI_PATH``: absolute directories separated by ``:``."""
+    if value is None:
+        return DEFAULT_IPAM_CNI_PATH
+    parts = [p for p in value.split(":") if p]
+    bad = [p for p in parts if not p.startswith("/")]
+    if bad or not parts:
+        raise ConfigError("IPAM_CNI_PATH", value, "expected absolute directories joined by ':'")
+    return ":".join(parts)
 
 
 def parse_http_address(value: str | None) -> tuple[str, int] | None:

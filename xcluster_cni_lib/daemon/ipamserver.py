@@ -8,6 +8,11 @@ code the ``kube-node``/``node-annotation`` executables run: host-local runs as a
 process found on the forwarded ``CNI_PATH``, on the data directory of the config, so
 host-local's own locking keeps concurrent calls apart.
 
+With ``own_node`` (the daemon passes ``daemon.ownnode``'s view of its Node) a call never
+reads the API server: the node comes from the agent. ``cni_path`` is searched for
+host-local before the caller's ``CNI_PATH`` (the agent runs its own host-local, inside
+its container). The verbs' log lines become the agent's JSON log lines.
+
 Only root may connect (``SO_PEERCRED``); the socket is mode 0600 in a directory created
 root-only. A thread per connection, at most ``max_active`` calls at once; a call that
 finds no slot within ``slot_wait`` gets CNI error code 11 (try again later). Requests are
@@ -53,6 +58,10 @@ DEFAULT_SLOT_WAIT = 10.0  # seconds; the shim gives up after 25 s in all
 DEFAULT_READ_TIMEOUT = 5.0  # seconds for the whole request
 
 Runner = Callable[..., int]
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from xcluster_cni_lib.plugin.served import OwnNodeLookup
 
 
 class CallMetrics(Protocol):
@@ -198,9 +207,13 @@ class IpamServer:
         max_waiting: int = DEFAULT_MAX_WAITING,
         slot_wait: float = DEFAULT_SLOT_WAIT,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
+        own_node: OwnNodeLookup | None = None,
+        cni_path: str = "",
     ) -> None:
         self.path = path
         self.run = run
+        self.own_node = own_node
+        self.cni_path = cni_path
         self.metrics = metrics
         self.max_active = max_active
         self.max_connections = max_active + max_waiting
@@ -386,9 +399,19 @@ class IpamServer:
                 request.stdin,
             )
             return 1, out
+        env = request.env
+        if self.cni_path:
+            env = {**env, "CNI_PATH": ":".join(filter(None, (self.cni_path, env.get("CNI_PATH"))))}
+        plugin = request.plugin
         buf = io.BytesIO()
         rc = self.run(
-            request.plugin, env=request.env, stdin=request.stdin, stdout=buf, allow_exec=False
+            plugin,
+            env=env,
+            stdin=request.stdin,
+            stdout=buf,
+            allow_exec=False,
+            own_node=self.own_node,
+            log_to=lambda level, msg: _plugin_log(plugin, level, msg),
         )
         out = buf.getvalue()
         if len(out) > MAX_STDOUT:
@@ -401,6 +424,11 @@ class IpamServer:
     def _count(self, verb: str, code: int) -> None:
         if self.metrics is not None:
             self.metrics.ipam_call(verb, code)
+
+
+def _plugin_log(plugin: str, level: str, msg: str) -> None:
+    """A served call's plugin log line, as one of the agent's JSON lines."""
+    getattr(log, level, log.warning)(msg, plugin=plugin)
 
 
 def _error_code(out: bytes) -> int:

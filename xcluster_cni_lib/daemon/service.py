@@ -31,6 +31,7 @@ from xcluster_cni_lib.core.ranges import RangePolicy, host_view
 from xcluster_cni_lib.core.values import IPAddress, IPNetwork
 from xcluster_cni_lib.daemon.config import DaemonConfig, format_address
 from xcluster_cni_lib.daemon.http import StatusServer
+from xcluster_cni_lib.daemon.ownnode import NodesFileOwnNode, OwnNode, node_selector
 from xcluster_cni_lib.support import jsonlog
 from xcluster_cni_lib.sync.metrics import DaemonMetrics
 from xcluster_cni_lib.sync.nodecache import NodeCache
@@ -106,6 +107,27 @@ def make_source(config: DaemonConfig) -> NodeSource:
     return source
 
 
+def make_own_node(
+    config: DaemonConfig, machine_id: str | None, source: NodeSource | None = None
+) -> tuple[OwnNode | NodesFileOwnNode, NodeSource | None]:
+    """The served IPAM's own node: from the nodes file, or a watch on that one node
+    (``source`` replaces the watch, for tests), persisted to ``IPAM_NODE_FILE``."""
+    if config.nodes_file is not None and source is None:
+        return NodesFileOwnNode(config.nodes_file, config.node_name, machine_id), None
+    assert config.node_name is not None  # load_config requires it with IPAM_SOCKET
+    own = OwnNode(config.node_name, config.ipam_node_file)
+    if source is None:
+        from xcluster_cni_lib.sources.kube import load_api_client
+        from xcluster_cni_lib.sources.watching import KubeNodeSource
+
+        source = KubeNodeSource(
+            load_api_client(config.kubeconfig),
+            field_selector=node_selector(config.node_name),
+            convert=OwnNode.keep_whole,
+        )
+    return own, source
+
+
 class Daemon:
     """One daemon instance. Pass ``source``/``table``/``monitor`` to replace the real
     adapters (tests, users' harnesses); ``netns`` runs the kernel side in a named network
@@ -122,6 +144,7 @@ class Daemon:
         machine_id: str | None = None,
         coalesce: float = 0.1,
         host: Callable[[], HostView] | None = None,
+        own_node_source: NodeSource | None = None,
     ) -> None:
         self.config = config
         self.stop_event = threading.Event()
@@ -176,10 +199,18 @@ class Daemon:
                 warnings=self.warnings,
             )
         self.ipam: IpamServer | None = None
+        self.own_node: OwnNode | NodesFileOwnNode | None = None
+        self.own_node_source: NodeSource | None = None
         if config.ipam_socket is not None:
             from xcluster_cni_lib.daemon.ipamserver import IpamServer
 
-            self.ipam = IpamServer(config.ipam_socket, metrics=self.metrics)
+            self.own_node, self.own_node_source = make_own_node(config, machine_id, own_node_source)
+            self.ipam = IpamServer(
+                config.ipam_socket,
+                metrics=self.metrics,
+                own_node=self.own_node,
+                cni_path=config.ipam_cni_path,
+            )
         self._threads: list[threading.Thread] = []
 
     # -- checks ----------------------------------------------------------------------------
@@ -232,6 +263,9 @@ class Daemon:
             log.warning(warning)
         if self.ipam is not None:  # first: a socket it cannot take fails the start cleanly
             self.ipam.start()
+        own_source, own_node = self.own_node_source, self.own_node
+        if own_source is not None and isinstance(own_node, OwnNode):
+            self._spawn("own-node", lambda: own_source.run(own_node, self.stop_event))
         self._spawn("reconciler", self._run_reconciler)
         self._spawn("source", lambda: self.source.run(self.cache, self.stop_event))
         monitor = self.monitor

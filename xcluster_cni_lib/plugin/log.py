@@ -9,22 +9,42 @@ import os
 import sys
 import time
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
 class Log:
     """Writes ``<time> <level> <plugin>: <message>`` lines at or above ``level``.
 
-    ``logfile`` empty means stderr. Never writes to stdout; never raises.
+    ``logfile`` empty means stderr, or ``emit(level, message)`` when given (the agent
+    serving the verbs turns the lines into its own JSON log). Never writes to stdout;
+    never raises.
     """
 
-    def __init__(self, plugin: str, *, logfile: str = "", level: str = "warning") -> None:
+    def __init__(
+        self,
+        plugin: str,
+        *,
+        logfile: str = "",
+        level: str = "warning",
+        emit: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.plugin = plugin
         self.logfile = logfile
         self.threshold = LEVELS.get(level.lower(), 30)
+        self.emit = emit
 
     def _write(self, level: str, msg: str) -> None:
         if LEVELS[level] < self.threshold:
+            return
+        if self.emit is not None and not self.logfile:
+            try:  # noqa: SIM105 (contextlib is not imported on the pod-start path)
+                self.emit(level, msg)
+            except Exception:  # a log line must never fail a call
+                pass
             return
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
         line = f"{stamp}Z {level} {self.plugin}[{os.getpid()}]: {msg}\n"

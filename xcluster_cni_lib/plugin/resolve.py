@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from xcluster_cni_lib.plugin.log import Log
+    from xcluster_cni_lib.plugin.served import OwnNodeLookup
 
 # Where the installer puts the plugins' kubeconfig (``install.plan``): used when neither the
 # config nor KUBECONFIG names one and we are not in a pod, e.g. for a Multus NAD.
@@ -351,9 +352,31 @@ def annotation_ranges(
     return sorted(out, key=lambda rs: ipaddress.ip_network(rs[0]["subnet"]).version)
 
 
-def build_cache(conf: IpamConfig, env: Mapping[str, str], log: Log) -> dict[str, Any]:
-    """Resolve the own node and return the cache document for it."""
-    node = fetch_own_node(conf, env, log)
+def served_node(conf: IpamConfig, own_node: OwnNodeLookup) -> Mapping[str, Any]:
+    """The agent's own node for a served call; a config ``nodeName`` must name it (the
+    agent allocates only for its own node). The config's ``kubeconfig`` is not used."""
+    node = own_node()
+    if conf.node_name and conf.node_name != node_name(node):
+        raise CniError(
+            INVALID_CONFIG,
+            f"ipam config nodeName {conf.node_name} is not this node: the agent serves "
+            f"node {node_name(node)}",
+            "remove nodeName from the config (a served call always allocates for the "
+            "agent's own node)",
+        )
+    return node
+
+
+def build_cache(
+    conf: IpamConfig,
+    env: Mapping[str, str],
+    log: Log,
+    *,
+    own_node: OwnNodeLookup | None = None,
+) -> dict[str, Any]:
+    """Resolve the own node (the agent's, when ``own_node`` is given) and return the
+    cache document for it."""
+    node = served_node(conf, own_node) if own_node is not None else fetch_own_node(conf, env, log)
     if conf.plugin == "node-annotation":
         assert conf.annotation is not None
         ranges = annotation_ranges(node, conf.annotation, policy=range_policy(conf))

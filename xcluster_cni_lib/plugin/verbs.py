@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # (collections.abc imports all of collections)
     from collections.abc import Mapping
     from typing import Any, BinaryIO
 
+    from xcluster_cni_lib.plugin.served import LogEmitter, OwnNodeLookup
+
 DELEGATE = "host-local"
 # host-local 1.1.1 speaks up to 1.0.0; 1.1.0 results have the 1.0.0 shape.
 _DELEGATE_VERSION = {"1.1.0": "1.0.0"}
@@ -58,6 +60,7 @@ class _Call:
         log: Log,
         stdout: BinaryIO,
         allow_exec: bool,
+        own_node: OwnNodeLookup | None = None,
     ) -> None:
         self.env = env
         self.netconf = netconf
@@ -65,6 +68,21 @@ class _Call:
         self.log = log
         self.stdout = stdout
         self.allow_exec = allow_exec
+        # served by the agent: its own node (unless the config names a nodes file)
+        self.own_node = own_node if conf.nodes_file is None else None
+
+    def expected_node(self) -> str | None:
+        """The node a cache must be for, when known without a lookup."""
+        if self.conf.node_name:
+            return self.conf.node_name
+        if self.own_node is not None:
+            return self.own_node.name
+        return self.env.get("NODE_NAME")
+
+    def build_cache(self) -> dict[str, Any]:
+        from xcluster_cni_lib.plugin.resolve import build_cache
+
+        return build_cache(self.conf, self.env, self.log, own_node=self.own_node)
 
     def write(self, obj: object) -> None:
         self.stdout.write(json.dumps(obj).encode() + b"\n")
@@ -142,7 +160,7 @@ def _usable_cache(call: _Call) -> list[RangeSet] | None:
     if doc["inputs"] != conf.inputs():
         call.log.info(f"cache {conf.cache_path} was built from other config; rebuilding")
         return None
-    expected = conf.node_name or call.env.get("NODE_NAME")
+    expected = call.expected_node()
     if expected and doc["node"] != expected:
         call.log.info(f"cache {conf.cache_path} is for node {doc['node']}; rebuilding")
         return None
@@ -174,9 +192,9 @@ def _add(call: _Call) -> int:
     written = None  # the cache file this call wrote, if any
     if ranges is None:
         from xcluster_cni_lib.plugin.cache import sweep_temp_files, write_cache
-        from xcluster_cni_lib.plugin.resolve import build_cache, validate_ranges
+        from xcluster_cni_lib.plugin.resolve import validate_ranges
 
-        doc = build_cache(conf, call.env, call.log)
+        doc = call.build_cache()
         ranges = validate_ranges(doc["ranges"])
         selected = _select(call, ranges)  # before writing: a refusal writes nothing
         swept = sweep_temp_files(conf.network_dir)
@@ -296,14 +314,19 @@ def _gc(call: _Call) -> int:
 
 
 def _status(call: _Call) -> int:
+    if call.own_node is not None:  # served: ready once the agent knows its node
+        try:
+            call.own_node()
+        except CniError as e:
+            raise CniError(NOT_AVAILABLE, e.msg, e.details) from None
     cached = call.cached()
     if cached is not None:
         ranges = cached[1]
     else:
-        from xcluster_cni_lib.plugin.resolve import build_cache, validate_ranges
+        from xcluster_cni_lib.plugin.resolve import validate_ranges
 
         try:
-            ranges = validate_ranges(build_cache(call.conf, call.env, call.log)["ranges"])
+            ranges = validate_ranges(call.build_cache()["ranges"])
         except CniError as e:
             raise CniError(NOT_AVAILABLE, f"subnets unknown: {e.msg}", e.details) from None
     from xcluster_cni_lib.plugin.usage import exhausted
@@ -327,11 +350,17 @@ def run(
     stdin: bytes,
     stdout: BinaryIO,
     allow_exec: bool = False,
+    own_node: OwnNodeLookup | None = None,
+    log_to: LogEmitter | None = None,
 ) -> int:
     """Run one plugin call; returns the exit code. Writes only the result or one error
-    object to ``stdout``. With ``allow_exec`` this process may become host-local."""
+    object to ``stdout``. With ``allow_exec`` this process may become host-local.
+
+    An agent serving the verbs passes ``own_node`` (its own Node: the call never reads
+    the API server or the kubeconfig) and ``log_to`` (where log lines go, unless the
+    config names a ``logfile``)."""
     error_version = LATEST_VERSION
-    log = Log(plugin)
+    log = Log(plugin, emit=log_to)
     try:
         command = parse_command(env)
         if command == "VERSION":
@@ -356,9 +385,15 @@ def run(
         if command in ("ADD", "CHECK"):  # code 4 naming the bad item (DEL must not fail)
             parse_cni_args(env.get("CNI_ARGS", ""))
         conf = parse_config(netconf, plugin=plugin, cni_version=version, env=env)
-        log = Log(plugin, logfile=conf.logfile, level=conf.loglevel)
+        log = Log(plugin, logfile=conf.logfile, level=conf.loglevel, emit=log_to)
         call = _Call(
-            env=env, netconf=netconf, conf=conf, log=log, stdout=stdout, allow_exec=allow_exec
+            env=env,
+            netconf=netconf,
+            conf=conf,
+            log=log,
+            stdout=stdout,
+            allow_exec=allow_exec,
+            own_node=own_node,
         )
         log.debug(f"{command} {env.get('CNI_CONTAINERID', '')} {env.get('CNI_IFNAME', '')}")
         return _VERBS[command](call)

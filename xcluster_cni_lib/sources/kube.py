@@ -32,6 +32,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from typing import Any
 
 import urllib3
@@ -372,14 +373,22 @@ def read_list_pages(
     page_size: int,
     annotations: Annotations,
     request_timeout: Any = None,
-) -> tuple[list[NodeFacts], str]:
+    field_selector: str | None = None,
+    convert: Callable[[Mapping[str, Any]], Any] | None = None,
+) -> tuple[list[Any], str]:
     """Every node's facts and the list's RV. ``fetch_page(**list_node_kwargs)`` returns
-    one page's body (see ``page_fetcher``); one page is held at a time."""
-    facts: list[NodeFacts] = []
+    one page's body (see ``page_fetcher``); one page is held at a time. ``convert``
+    replaces ``extract_facts`` (e.g. to keep whole objects); ``field_selector`` narrows
+    the list (e.g. ``metadata.name=<node>``)."""
+    facts: list[Any] = []
     token: str | None = None
     resource_version = ""
+    if convert is None:
+        convert = partial(extract_facts, annotations=annotations)
     while True:
         kwargs: dict[str, Any] = {"limit": page_size, "_preload_content": False}
+        if field_selector:
+            kwargs["field_selector"] = field_selector
         if token:
             kwargs["_continue"] = token
         if request_timeout is not None:
@@ -388,7 +397,7 @@ def read_list_pages(
         top: dict[str, Any] = {}
         for item in _scan_list(data, top):
             if isinstance(item, dict):
-                facts.append(extract_facts(item, annotations=annotations))
+                facts.append(convert(item))
         del data
         metadata = top.get("metadata")
         if not isinstance(metadata, dict):

@@ -17,7 +17,8 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from typing import Any
 
 import urllib3
@@ -130,6 +131,10 @@ class KubeNodeSource:
     Counters for metrics: ``lists`` (complete lists), ``relists`` (lists after the first),
     ``restarts`` (watch streams reopened), ``errors`` (failed requests), ``events``,
     ``malformed_events``.
+
+    ``field_selector`` narrows list and watch (``metadata.name=<node>``: one node);
+    ``convert`` replaces ``extract_facts``: the sink then receives what it returns (e.g.
+    the whole object, for the served IPAM's own node: ``daemon.ownnode``).
     """
 
     def __init__(
@@ -137,6 +142,8 @@ class KubeNodeSource:
         api_client: Any,
         *,
         annotations: Annotations = NO_ANNOTATIONS,
+        field_selector: str | None = None,
+        convert: Callable[[Mapping[str, Any]], Any] | None = None,
         page_size: int = 500,
         watch_timeout: float = 300,
         idle_timeout: float | None = None,
@@ -150,6 +157,10 @@ class KubeNodeSource:
     ) -> None:
         self._api: Any = k8s_client.CoreV1Api(api_client)
         self.annotations = annotations
+        self.field_selector = field_selector
+        self.convert: Callable[[Mapping[str, Any]], Any] = convert or partial(
+            extract_facts, annotations=annotations
+        )
         self.page_size = page_size
         self.watch_timeout = watch_timeout
         self.idle_timeout = DEFAULT_IDLE_TIMEOUT if idle_timeout is None else idle_timeout
@@ -364,6 +375,8 @@ class KubeNodeSource:
                 lambda **kwargs: self._fetch_page(stop, **kwargs),
                 page_size=self.page_size,
                 annotations=self.annotations,
+                field_selector=self.field_selector,
+                convert=self.convert,
                 # the client's own timeout only frees the abandoned worker: the wait for
                 # the page ends at request_timeout (RequestTimeout, a clear reason)
                 request_timeout=(CONNECT_TIMEOUT, self.request_timeout + 1),
@@ -395,9 +408,11 @@ class KubeNodeSource:
         """Watch from ``self.resource_version`` until the stream ends cleanly or ``stop``;
         raises ``_Gone``, ``_Idle``, ``_Broken``, ``TooLarge`` or a request error."""
         rv = self.resource_version
+        selector = {"field_selector": self.field_selector} if self.field_selector else {}
 
         def work(box: dict[str, Any]) -> Any:
             return self._api.list_node(
+                **selector,
                 watch=True,
                 allow_watch_bookmarks=True,
                 resource_version=rv,
@@ -458,7 +473,7 @@ class KubeNodeSource:
             raise ValueError(f"watch ERROR event: {shorten(str(obj.get('message') or obj))}")
         try:
             if event.type in ("ADDED", "MODIFIED"):
-                sink.upsert(extract_facts(obj, annotations=self.annotations))
+                sink.upsert(self.convert(obj))
             elif event.type == "DELETED":
                 sink.delete(event.name)
         except Exception as exc:  # a node no part of the agent can take: skip it
