@@ -14,8 +14,11 @@ host-local before the caller's ``CNI_PATH`` (the agent runs its own host-local, 
 its container). The verbs' log lines become the agent's JSON log lines.
 
 Only root may connect (``SO_PEERCRED``); the socket is mode 0600 in a directory created
-root-only. A thread per connection, at most ``max_active`` calls at once; a call that
-finds no slot within ``slot_wait`` gets CNI error code 11 (try again later). Requests are
+root-only. Worker threads wait in ``accept()`` and each serves the connection it took
+(leader/follower: no hand-over between threads on a call's path; two wait while idle,
+more are started as calls overlap, up to ``max_active + max_waiting``); at most
+``max_active`` calls run at once, and a call that finds no slot within ``slot_wait`` gets
+CNI error code 11 (try again later). Requests are
 bounded (entries, lengths) and must arrive within ``read_timeout``; a violation closes
 the connection with a warning.
 """
@@ -54,6 +57,7 @@ INTERNAL = 999  # CNI: other errors
 
 DEFAULT_MAX_ACTIVE = 32
 DEFAULT_MAX_WAITING = 64
+DEFAULT_SPARE = 2  # worker threads kept waiting in accept() while idle
 DEFAULT_SLOT_WAIT = 10.0  # seconds; the shim gives up after 25 s in all
 DEFAULT_READ_TIMEOUT = 5.0  # seconds for the whole request
 
@@ -85,50 +89,61 @@ class _Request:
         self.stdin = stdin
 
 
-def _read_exact(conn: socket.socket, n: int, deadline: float, what: str) -> bytes:
-    chunks: list[bytes] = []
-    left = n
-    while left:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise BadRequest(f"request not complete in time (waiting for {what})")
-        conn.settimeout(remaining)
-        try:
-            chunk = conn.recv(min(left, 256 * 1024))
-        except TimeoutError:
-            raise BadRequest(f"request not complete in time (waiting for {what})") from None
-        if not chunk:
-            raise BadRequest(f"connection closed in the middle of the request ({what})")
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
+class _Reader:
+    """Reads a request off a connection in large pieces (one ``recv`` for a usual request
+    of a few KiB), handing out exact slices; every wait ends at ``deadline``."""
 
+    def __init__(self, conn: socket.socket, deadline: float) -> None:
+        self.conn = conn
+        self.deadline = deadline
+        self.buf = bytearray()
+        self.pos = 0
 
-def _read_u32(conn: socket.socket, deadline: float, what: str) -> int:
-    value: int = struct.unpack(">I", _read_exact(conn, 4, deadline, what))[0]
-    return value
+    def take(self, n: int, what: str) -> bytes:
+        while len(self.buf) - self.pos < n:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise BadRequest(f"request not complete in time (waiting for {what})")
+            self.conn.settimeout(remaining)
+            try:
+                chunk = self.conn.recv(max(64 * 1024, n - (len(self.buf) - self.pos)))
+            except TimeoutError:
+                raise BadRequest(f"request not complete in time (waiting for {what})") from None
+            if not chunk:
+                raise BadRequest(f"connection closed in the middle of the request ({what})")
+            if self.pos:
+                del self.buf[: self.pos]
+                self.pos = 0
+            self.buf += chunk
+        out = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        return out
+
+    def u32(self, what: str) -> int:
+        value: int = struct.unpack(">I", self.take(4, what))[0]
+        return value
 
 
 def read_request(conn: socket.socket, timeout: float) -> _Request:
     """One request off ``conn`` within ``timeout`` seconds; ``BadRequest`` on any framing
     violation (the limits of the protocol, NUL bytes, names other than ``CNI_*`` and the
     plugin entry)."""
-    deadline = time.monotonic() + timeout
-    magic = _read_exact(conn, 4, deadline, "magic")
+    reader = _Reader(conn, time.monotonic() + timeout)
+    magic = reader.take(4, "magic")
     if magic != MAGIC:
         raise BadRequest(f"bad magic {magic!r}")
-    count = _read_u32(conn, deadline, "entry count")
+    count = reader.u32("entry count")
     if count > MAX_ENTRIES:
         raise BadRequest(f"{count} environment entries (at most {MAX_ENTRIES})")
     env: dict[str, str] = {}
     plugin = None
     for i in range(count):
-        length = _read_u32(conn, deadline, f"entry {i} length")
+        length = reader.u32(f"entry {i} length")
         if length > MAX_ENTRY:
             raise BadRequest(f"environment entry {i} is {length} bytes (at most {MAX_ENTRY})")
-        raw = _read_exact(conn, length, deadline, f"entry {i}")
+        raw = reader.take(length, f"entry {i}")
         name, sep, value = raw.decode("utf-8", "surrogateescape").partition("=")
-        if not sep or not name or "\0" in raw.decode("latin-1"):
+        if not sep or not name or b"\0" in raw:
             raise BadRequest(f"environment entry {i} is not NAME=VALUE: {shorten(repr(raw))}")
         if name == PLUGIN_VAR:
             plugin = value
@@ -136,10 +151,10 @@ def read_request(conn: socket.socket, timeout: float) -> _Request:
             env[name] = value
         else:
             raise BadRequest(f"environment entry {name!r} is not forwarded by the protocol")
-    size = _read_u32(conn, deadline, "stdin length")
+    size = reader.u32("stdin length")
     if size > MAX_STDIN:
         raise BadRequest(f"stdin is {size} bytes (at most {MAX_STDIN})")
-    stdin = _read_exact(conn, size, deadline, "stdin")
+    stdin = reader.take(size, "stdin")
     return _Request(env, plugin, stdin)
 
 
@@ -219,19 +234,26 @@ class IpamServer:
         self.max_connections = max_active + max_waiting
         self.slot_wait = slot_wait
         self.read_timeout = read_timeout
+        self.spare = DEFAULT_SPARE
         self._slots = threading.BoundedSemaphore(max_active)
         self._lock = threading.Lock()
         self._connections = 0
+        self._workers = 0  # threads, serving or waiting in accept()
+        self._accepting = 0  # of which waiting in accept()
         self._idle = threading.Condition(self._lock)
         self._sock: socket.socket | None = None
         self._inode: tuple[int, int] | None = None
-        self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
 
     @property
     def alive(self) -> bool:
-        """True while the accept loop runs."""
-        return self._thread is not None and self._thread.is_alive()
+        """True while the server accepts calls."""
+        return self._sock is not None and not self._stopping.is_set() and self._workers > 0
+
+    @property
+    def threads(self) -> int:
+        """Worker threads now (``spare`` while idle)."""
+        return self._workers
 
     def start(self) -> None:
         """Bind and listen (errors raise ``IpamServerError``), then accept in a thread."""
@@ -263,10 +285,10 @@ class IpamServer:
                     os.unlink(temp)
             raise IpamServerError(f"cannot listen on {self.path}: {e}") from None
         self._inode = (st.st_dev, st.st_ino)
-        sock.settimeout(0.25)
         self._sock = sock
-        self._thread = threading.Thread(target=self._accept_loop, name="ipam", daemon=True)
-        self._thread.start()
+        with self._lock:
+            for _ in range(self.spare):
+                self._spawn_worker()
         log.info("ipam serving", socket=self.path, max_active=self.max_active)
 
     def stop(self, timeout: float = 1.0) -> None:
@@ -280,9 +302,9 @@ class IpamServer:
                 os.unlink(self.path)
         except FileNotFoundError:
             pass
-        if self._thread is not None:
-            self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if self._sock is not None:
+            with contextlib.suppress(OSError):  # wakes every thread blocked in accept()
+                self._sock.shutdown(socket.SHUT_RDWR)
             self._sock.close()
         with self._idle:
             while self._connections:
@@ -292,31 +314,43 @@ class IpamServer:
                     break
                 self._idle.wait(left)
 
-    def _accept_loop(self) -> None:
+    def _spawn_worker(self) -> None:
+        """Start a worker (caller holds ``_lock``)."""
+        self._workers += 1
+        self._accepting += 1
+        threading.Thread(target=self._worker, name="ipam", daemon=True).start()
+
+    def _worker(self) -> None:
+        """Leader/follower: each worker waits in ``accept()`` and serves the connection
+        it got itself (no hand-over to another thread on the call's path). Taking the
+        last waiting place, it first starts another worker (up to ``max_connections``);
+        after a call it exits when ``spare`` others already wait."""
         sock = self._sock
         assert sock is not None
-        while not self._stopping.is_set():
+        while True:
             try:
                 conn, _ = sock.accept()
-            except TimeoutError:
-                continue
             except OSError as e:
                 if self._stopping.is_set():
-                    return
+                    break
                 log.warning("ipam accept failed", error=str(e))
                 time.sleep(0.05)  # e.g. out of file descriptors: do not spin
                 continue
-            conn.settimeout(self.read_timeout)
             with self._lock:
-                full = self._connections >= self.max_connections
-                if not full:
-                    self._connections += 1
-            if full:
-                self._busy(conn, b"")
-                continue
-            threading.Thread(
-                target=self._serve, args=(conn,), name="ipam-call", daemon=True
-            ).start()
+                self._accepting -= 1
+                self._connections += 1
+                if not self._accepting and self._workers < self.max_connections:
+                    self._spawn_worker()
+            conn.settimeout(self.read_timeout)
+            self._serve(conn)
+            with self._lock:
+                if self._stopping.is_set() or self._accepting >= self.spare:
+                    self._workers -= 1
+                    return
+                self._accepting += 1
+        with self._lock:
+            self._workers -= 1
+            self._accepting -= 1
 
     def _busy(self, conn: socket.socket, stdin: bytes) -> None:
         """Answer code 11: no slot."""

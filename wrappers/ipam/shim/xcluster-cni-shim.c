@@ -256,11 +256,34 @@ static void send_all(int fd, const void *buf, size_t len)
 	}
 }
 
-static void send_u32(int fd, uint32_t v)
+/* The request is gathered here and sent in as few writes as possible: one for a usual
+ * request (a few KiB), so the agent wakes once, not once per field. */
+static unsigned char req_buf[64 * 1024];
+static size_t req_len;
+
+static void flush_request(int fd)
+{
+	send_all(fd, req_buf, req_len);
+	req_len = 0;
+}
+
+static void queue(int fd, const void *buf, size_t len)
+{
+	if (req_len + len > sizeof req_buf)
+		flush_request(fd);
+	if (len >= sizeof req_buf) {
+		send_all(fd, buf, len);
+		return;
+	}
+	memcpy(req_buf + req_len, buf, len);
+	req_len += len;
+}
+
+static void queue_u32(int fd, uint32_t v)
 {
 	unsigned char b[4] = {(unsigned char)(v >> 24), (unsigned char)(v >> 16),
 			      (unsigned char)(v >> 8), (unsigned char)v};
-	send_all(fd, b, 4);
+	queue(fd, b, 4);
 }
 
 /* Reads exactly len bytes; on EOF or error fails with code 11 naming what was read. */
@@ -442,18 +465,19 @@ int main(int argc, char **argv)
 	}
 
 	/* request */
-	send_all(fd, "XCN1", 4);
-	send_u32(fd, (uint32_t)n_env);
+	queue(fd, "XCN1", 4);
+	queue_u32(fd, (uint32_t)n_env);
 	for (e = 0; environ && environ[e]; e++) {
 		if (strncmp(environ[e], "CNI_", 4) != 0)
 			continue;
-		send_u32(fd, (uint32_t)strlen(environ[e]));
-		send_all(fd, environ[e], strlen(environ[e]));
+		queue_u32(fd, (uint32_t)strlen(environ[e]));
+		queue(fd, environ[e], strlen(environ[e]));
 	}
-	send_u32(fd, (uint32_t)name_len);
-	send_all(fd, plugin_entry, name_len);
-	send_u32(fd, (uint32_t)in_len);
-	send_all(fd, in_buf, in_len);
+	queue_u32(fd, (uint32_t)name_len);
+	queue(fd, plugin_entry, name_len);
+	queue_u32(fd, (uint32_t)in_len);
+	queue(fd, in_buf, in_len);
+	flush_request(fd);
 	if (shutdown(fd, SHUT_WR) != 0 && errno != ENOTCONN)
 		fail_agent("xcluster-cni agent at ", " failed while the request was sent", errno,
 			   HINT);
