@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := containernetworking-plugins iproute2 iputils-ping
-# tests/install: the plugin bundle (gcc, libc6-dev) and the image build (podman, runc, debootstrap)
+# tests/install: the x86-64 shim (gcc, libc6-dev) and the image build (podman, runc, debootstrap)
 DEB_PACKAGES += gcc libc6-dev podman runc debootstrap
 # `make plugins`: the static host shim for arm64 (cross compiler) and its test under qemu
 DEB_PACKAGES += gcc-aarch64-linux-gnu qemu-user-static

@@ -13,10 +13,10 @@ import hook alone costs ~8 ms per start) and a plain install as a node would hav
 fresh virtualenv with the packages and ``attrs``, which a cache miss imports, copied in and
 byte-compiled; the nodes-file case runs from ``.venv`` only).
 
-With ``--bundle DIR`` (a plugin bundle from ``packaging/build_bundle.py``), its launcher
-runs the same two cases as the plain install.
+These are the standalone front door (the console script). The host shim forwarding to the
+node agent is measured by ``bench/ipam_served.py``.
 
-Usage: ``.venv/bin/python bench/ipam_latency.py [--rounds 100] [--json] [--bundle DIR]``
+Usage: ``.venv/bin/python bench/ipam_latency.py [--rounds 100] [--json]``
 """
 
 from __future__ import annotations
@@ -107,7 +107,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
-    parser.add_argument("--bundle", help="also measure this plugin bundle directory")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp, ApiServerDouble() as api:
@@ -120,7 +119,11 @@ def main() -> int:
         data = os.path.join(tmp, "data")
         ranges = [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]]
         node_kube_node = _node_install(os.path.join(tmp, "node-venv"))
-        api_ipam = {"type": "kube-node", "kubeconfig": kubeconfig, "nodeName": "bench-node"}
+        api_ipam: dict[str, object] = {
+            "type": "kube-node",
+            "kubeconfig": kubeconfig,
+            "nodeName": "bench-node",
+        }
         cases = {
             "host-local": (HOST_LOCAL, _conf(data, "hl", {"type": "host-local", "ranges": ranges})),
             "node install: hit": (node_kube_node, _conf(data, "nhit", api_ipam)),
@@ -150,14 +153,7 @@ def main() -> int:
                 ),
             ),
         }
-        if args.bundle:
-            link = os.path.join(tmp, "bundle-bin", "kube-node")
-            os.makedirs(os.path.dirname(link))
-            os.symlink(os.path.join(os.path.abspath(args.bundle), "xcluster-cni-plugin"), link)
-            cases["bundle: hit"] = (link, _conf(data, "bhit", api_ipam))
-            cases["bundle: miss (api)"] = (link, _conf(data, "bapi", api_ipam))
         caches = {
-            "bundle: miss (api)": os.path.join(data, "bapi", "kube-node.json"),
             "node install: miss (api)": os.path.join(data, "napi", "kube-node.json"),
             ".venv: miss (api)": os.path.join(data, "api", "kube-node.json"),
             ".venv: miss (nodesFile)": os.path.join(data, "file", "kube-node.json"),

@@ -233,10 +233,7 @@ def memory(results: Json, where: Path) -> Path | None:
 def ipam(results: Json, where: Path) -> Path | None:
     """Item 6: median and p90 ADD latency of each case against host-local."""
     ipam_results: Json = results.get("ipam") or {}
-    cases: dict[str, Any] = {}
-    for label, row in ((ipam_results.get("bundle") or {}).get("results") or {}).items():
-        cases[f"{label} (bundle run)" if label == "host-local" else label] = row
-    cases.update(ipam_results.get("results") or {})
+    cases: dict[str, Any] = dict(ipam_results.get("results") or {})
     if not cases:
         return None
     plt = _plt()

@@ -284,13 +284,8 @@ def verdicts(results: Json) -> Iterator[Verdict]:
 
 
 def _ipam_rows(ipam: Json) -> Iterator[Verdict]:
-    """Rows for item 6: the bundle run (``bench/ipam_bundle.py``) first, then
-    ``bench/ipam_latency.py --json``'s cases; each against the host-local of its own run."""
-    bundle: Json = ipam.get("bundle") or {}
-    if bundle.get("skipped"):
-        yield Verdict("6 IPAM ADD", "bundle", "skipped", bundle["skipped"])
-    elif bundle.get("results"):
-        yield from _ipam_cases(bundle, "bundle run")
+    """Rows for item 6: ``bench/ipam_latency.py --json``'s cases, against the host-local
+    of the same run."""
     yield from _ipam_cases(ipam, "console script run")
 
 
@@ -432,18 +427,15 @@ def comparison_markdown(results: Json) -> str:
             f"{d['hwm_kb'] / cm['hwm_kb']:.2f}x |"
         )
     ipam: Json = results.get("ipam") or {}
-    for run in (ipam.get("bundle") or {}, ipam):
-        cases: dict[str, Any] = run.get("results") or {}
-        ref = cases.get("host-local")
-        if not ref:
+    cases: dict[str, Any] = ipam.get("results") or {}
+    ref: Json = cases.get("host-local") or {}
+    for label, row in cases.items():
+        if not ref or label == "host-local" or label.startswith(".venv") or "floor" in label:
             continue
-        for label, row in cases.items():
-            if label == "host-local" or label.startswith(".venv") or "floor" in label:
-                continue
-            rows.append(
-                f"| IPAM ADD, kube-node {label} | {row['median_ms']:.1f} ms | host-local "
-                f"{ref['median_ms']:.1f} ms | {row['x_host_local']:.1f}x |"
-            )
+        rows.append(
+            f"| IPAM ADD, kube-node {label} | {row['median_ms']:.1f} ms | host-local "
+            f"{ref['median_ms']:.1f} ms | {row['x_host_local']:.1f}x |"
+        )
     return "\n".join(rows)
 
 

@@ -158,9 +158,6 @@ def bench_ipam(cfg: Json) -> Json:
         raise RuntimeError(f"ipam_latency.py failed ({proc.returncode}): {proc.stderr[-2000:]}")
     result: Json = json.loads(proc.stdout)
     result["python_start"] = python_start(rounds=max(20, cfg["adds"] // 2))
-    from bench import ipam_bundle
-
-    result["bundle"] = ipam_bundle.measure(rounds=cfg["adds"])
     return result
 
 

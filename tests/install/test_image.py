@@ -5,15 +5,14 @@ host directories.
 No registry but Debian's and PyPI is reachable here, so the base image is a local
 ``debootstrap --variant=minbase`` of Debian 12 imported into podman (kept as
 ``localhost/xcluster-cni-test-base:bookworm`` and rebuilt when missing: ~30 s). The build
-takes 1-2 minutes (apt and pip downloads, the bundle). Build RUN steps reach PyPI with the
-host's CA bundle mounted (this network inspects TLS).
+takes 1-2 minutes (apt and pip downloads, the two shims). Build RUN steps reach PyPI with
+the host's CA bundle mounted (this network inspects TLS).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -87,15 +86,9 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _host(tmp_path: Path) -> dict[str, Path]:
-    dirs = {n: tmp_path / n for n in ("bin", "conf", "sa")}
+    dirs = {n: tmp_path / n for n in ("bin", "conf")}
     for d in dirs.values():
         d.mkdir()
-    (dirs["sa"] / "token").write_text("image-test-token")
-    pem = re.search(
-        r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n", HOST_CA.read_text(), re.S
-    )
-    assert pem
-    (dirs["sa"] / "ca.crt").write_text(pem.group(0))
     return dirs
 
 
@@ -104,79 +97,108 @@ def _run_install(image: str, dirs: dict[str, Path], *env: str) -> str:
         "run", "--rm", "--network", "none", "--read-only", "--cap-drop", "ALL", *LIMITS,
         "-v", f"{dirs['bin']}:/cni/bin",
         "-v", f"{dirs['conf']}:/cni/net.d",
-        "-v", f"{dirs['sa']}:/var/run/secrets/kubernetes.io/serviceaccount:ro",
         "-e", "NODE_NAME=node-x",
-        "-e", "KUBERNETES_SERVICE_HOST=10.96.0.1",
-        "-e", "KUBERNETES_SERVICE_PORT=443",
         *[a for e in env for a in ("-e", e)],
         image, "install",
     )  # fmt: skip
 
 
+def _image_file(image: str, path: str) -> bytes:
+    proc = subprocess.run(
+        [*PODMAN, "run", "--rm", "--network", "none", *LIMITS, "--entrypoint", "cat", image, path],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    return proc.stdout
+
+
+def _elf_machine(data: bytes) -> int:
+    assert data[:4] == b"\x7fELF", data[:16]
+    return int.from_bytes(data[18:20], "little")
+
+
+def test_image_carries_both_shims_and_the_reference_plugins(image: str) -> None:
+    listing = _podman(
+        "run", "--rm", "--network", "none", *LIMITS, "--entrypoint", "find", image,
+        "/opt/xcluster-cni", "-maxdepth", "3", "-not", "-path", "*/venv/*",
+    )  # fmt: skip
+    paths = set(listing.split())
+    for arch in ("amd64", "arm64"):
+        assert f"/opt/xcluster-cni/shim/{arch}/xcluster-cni-shim" in paths
+    for name in ("bridge", "host-local", "loopback", "portmap"):
+        assert f"/opt/xcluster-cni/reference/{name}" in paths
+    assert not any("plugins" in p or "bundle" in p for p in paths), paths
+    amd64 = _image_file(image, "/opt/xcluster-cni/shim/amd64/xcluster-cni-shim")
+    arm64 = _image_file(image, "/opt/xcluster-cni/shim/arm64/xcluster-cni-shim")
+    assert (_elf_machine(amd64), _elf_machine(arm64)) == (62, 183)  # EM_X86_64, EM_AARCH64
+    assert len(amd64) < 1_000_000 and len(arm64) < 1_000_000
+
+
 def test_install_entrypoint_populates_the_host_dirs(image: str, tmp_path: Path) -> None:
     dirs = _host(tmp_path)
+    own_bridge = dirs["bin"] / "bridge"
+    own_bridge.write_bytes(b"the node's own bridge")
+    own_bridge.chmod(0o755)
+    # what an earlier version left
+    (dirs["bin"] / "xcluster-cni" / "0.1.0-abc").mkdir(parents=True)
+    (dirs["bin"] / "kube-node").symlink_to("xcluster-cni/current/xcluster-cni-plugin")
+    (dirs["conf"] / "xcluster-cni-kubeconfig").write_text("old")
+    (dirs["conf"] / "xcluster-cni-node-name").write_text("node-x\n")
+
     out = _run_install(image, dirs, "MTU=1400")
     assert '"install done"' in out
+    assert "kept the node's own" in out
 
     names = sorted(p.name for p in dirs["bin"].iterdir())
     assert names == [
         "bridge", "host-local", "kube-node", "loopback", "node-annotation", "portmap",
-        "xcluster-cni",
     ]  # fmt: skip
+    assert own_bridge.read_bytes() == b"the node's own bridge"
+    shim = _image_file(image, "/opt/xcluster-cni/shim/amd64/xcluster-cni-shim")
+    for name in ("kube-node", "node-annotation"):
+        assert not (dirs["bin"] / name).is_symlink()
+        assert (dirs["bin"] / name).read_bytes() == shim
+    host_local = _image_file(image, "/opt/xcluster-cni/reference/host-local")
+    assert (dirs["bin"] / "host-local").read_bytes() == host_local
+    assert sorted(p.name for p in dirs["conf"].iterdir()) == ["10-xcluster-cni.conflist"]
     conflist = json.loads((dirs["conf"] / "10-xcluster-cni.conflist").read_text())
     assert conflist["plugins"][0]["mtu"] == 1400
-    assert conflist["plugins"][0]["ipam"]["nodeName"] == "node-x"
-    assert oct((dirs["conf"] / "xcluster-cni-kubeconfig").stat().st_mode & 0o777) == "0o600"
+    assert conflist["plugins"][0]["ipam"] == {"type": "kube-node"}
 
-    # The kube-node the image installed runs here, outside any container, as a host would.
-    nodes = {"items": [{"metadata": {"name": "node-x"}, "spec": {"podCIDRs": ["10.250.3.0/24"]}}]}
-    (tmp_path / "nodes.json").write_text(json.dumps(nodes))
+    # The kube-node the image installed runs here, outside any container, as a host would:
+    # the static shim, which without an agent answers CNI error 11 ("try again later").
     config = {
         "cniVersion": "1.0.0",
         "name": "imagetest",
-        "ipam": {
-            "type": "kube-node",
-            "nodeName": "node-x",
-            "nodesFile": str(tmp_path / "nodes.json"),
-            "dataDir": str(tmp_path / "data"),
-        },
-    }
-    env = {
-        "CNI_COMMAND": "ADD",
-        "CNI_CONTAINERID": "c1",
-        "CNI_NETNS": "/proc/self/ns/net",
-        "CNI_IFNAME": "eth0",
-        "CNI_PATH": str(dirs["bin"]),
+        "ipam": {"type": "kube-node", "socket": str(tmp_path / "none" / "ipam.sock")},
     }
     proc = subprocess.run(
         [str(dirs["bin"] / "kube-node")],
         input=json.dumps(config),
         capture_output=True,
         text=True,
-        env=env,
-        timeout=30,
+        env={"CNI_COMMAND": "VERSION"},
+        timeout=10,
+        check=False,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert json.loads(proc.stdout)["ips"][0]["address"] == "10.250.3.2/24"
-    env["CNI_COMMAND"] = "DEL"
-    subprocess.run(
-        [str(dirs["bin"] / "kube-node")], input=json.dumps(config), text=True, env=env, check=True
-    )
+    assert proc.returncode != 0
+    assert json.loads(proc.stdout)["code"] == 11, proc.stdout + proc.stderr
 
     # A second run (a restarted pod) changes nothing.
-    before = {p: os.lstat(p).st_ino for p in dirs["bin"].rglob("*")}
+    before = {p: (os.lstat(p).st_ino, os.lstat(p).st_mtime_ns) for p in tmp_path.rglob("*")}
     out = _run_install(image, dirs, "MTU=1400")
-    assert '"action":"installed"' not in out.replace(" ", "")
-    assert {p: os.lstat(p).st_ino for p in dirs["bin"].rglob("*")} == before
+    compact = out.replace(" ", "")
+    assert '"action":"installed"' not in compact and '"action":"replaced"' not in compact
+    after = {p: (os.lstat(p).st_ino, os.lstat(p).st_mtime_ns) for p in tmp_path.rglob("*")}
+    assert after == before
 
 
 def test_secondary_instance_writes_no_conflist(image: str, tmp_path: Path) -> None:
     dirs = _host(tmp_path)
     _run_install(image, dirs, "INSTALL_K8S_NET=no")
-    assert sorted(p.name for p in dirs["conf"].iterdir()) == [
-        "xcluster-cni-kubeconfig",
-        "xcluster-cni-node-name",
-    ]
+    assert list(dirs["conf"].iterdir()) == []
+    assert (dirs["bin"] / "node-annotation").is_file()
 
 
 def test_daemon_runs_with_the_manifests_security_context(image: str, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -68,21 +69,6 @@ def test_bad_settings_are_named() -> None:
         plan.parse_yes_no("INSTALL_K8S_NET", "maybe", default=True)
     with pytest.raises(InputError, match="MTU='100'"):
         plan.parse_mtu("MTU", "100")
-    with pytest.raises(InputError, match="KUBERNETES_SERVICE_PORT='http'"):
-        plan.api_server_url("10.0.0.1", "http")
-
-
-@pytest.mark.parametrize(
-    ("host", "url"),
-    [
-        ("10.96.0.1", "https://10.96.0.1:443"),
-        ("fd00::1", "https://[fd00::1]:443"),
-        ("[fd00::1]", "https://[fd00::1]:443"),
-        ("api.example.com", "https://api.example.com:443"),
-    ],
-)
-def test_api_server_url(host: str, url: str) -> None:
-    assert plan.api_server_url(host, "443") == url
 
 
 @pytest.mark.root
@@ -102,48 +88,56 @@ def test_k8smtu_reads_the_node_from_the_api_and_the_kernel(netns: str, tmp_path:
             service.detect_mtu("gone", address_annotation=None, kubeconfig=kubeconfig)
 
 
-def _cli_host(tmp_path: Path) -> tuple[list[str], Path]:
-    bin_dir, conf_dir, sa, plugins = (tmp_path / n for n in ("bin", "conf", "sa", "plugins"))
-    for d in (bin_dir, conf_dir, sa, plugins):
+def _cli_host(tmp_path: Path, shims: Path) -> tuple[list[str], Path]:
+    bin_dir, conf_dir, reference = (tmp_path / n for n in ("bin", "conf", "reference"))
+    for d in (bin_dir, conf_dir, reference):
         d.mkdir()
-    (plugins / "loopback").write_bytes(b"\x7fELF loopback")
-    (plugins / "loopback").chmod(0o755)
-    (sa / "token").write_text("tok")
-    (sa / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    for name in ("bridge", "host-local", "loopback", "portmap"):
+        (reference / name).write_bytes(b"\x7fELF " + name.encode())
+        (reference / name).chmod(0o755)
+    (conf_dir / "xcluster-cni-kubeconfig").write_text("users: [{user: {token: tok}}]")
     argv = [
         "install",
         f"--cni-bin-dir={bin_dir}",
         f"--cni-conf-dir={conf_dir}",
-        f"--service-account-dir={sa}",
-        f"--plugin-dir={plugins}",
-        "--host-cni-conf-dir=/var/lib/rancher/cni/net.d",
+        f"--shim-dir={shims}",
+        f"--reference-dir={reference}",
     ]
     return argv, tmp_path
 
 
 def test_install_subcommand(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    plugins_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    argv, root = _cli_host(tmp_path)
+    argv, root = _cli_host(tmp_path, plugins_dir)
     monkeypatch.setenv("NODE_NAME", "node-b")
     monkeypatch.setenv("MTU", "1400")
-    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
-    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
     assert cli.main(argv) == 0
     conflist = json.loads((root / "conf" / "10-xcluster-cni.conflist").read_text())
-    ipam = conflist["plugins"][0]["ipam"]
-    assert ipam["kubeconfig"] == "/var/lib/rancher/cni/net.d/xcluster-cni-kubeconfig"
-    assert (conflist["plugins"][0]["mtu"], ipam["nodeName"]) == (1400, "node-b")
+    assert conflist["plugins"][0]["ipam"] == {"type": "kube-node"}
+    assert conflist["plugins"][0]["mtu"] == 1400
     assert (root / "bin" / "loopback").exists()
+    arch = plan.shim_arch(platform.machine())
+    shim = (plugins_dir / arch / "xcluster-cni-shim").read_bytes()
+    assert (root / "bin" / "kube-node").read_bytes() == shim
+    assert (root / "bin" / "node-annotation").read_bytes() == shim
+    assert not (root / "conf" / "xcluster-cni-kubeconfig").exists()
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert lines[-1]["msg"] == "install done"
-    assert "tok" not in json.dumps(lines)  # the token is never logged
+    said = {(line.get("path", "").rsplit("/", 1)[-1], line.get("action")) for line in lines}
+    assert ("kube-node", "installed") in said
+    assert ("loopback", "installed") in said
+    assert ("xcluster-cni-kubeconfig", "removed") in said
+    assert "tok" not in json.dumps(lines)  # the old token is never logged
 
 
 def test_install_subcommand_bad_setting_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv, root = _cli_host(tmp_path)
+    argv, root = _cli_host(tmp_path, tmp_path / "no-shims")
     monkeypatch.setenv("NODE_NAME", "node-b")
     monkeypatch.setenv("INSTALL_K8S_NET", "maybe")
     assert cli.main(argv) == 1
@@ -153,14 +147,12 @@ def test_install_subcommand_bad_setting_is_one_line(
 
 
 def test_install_settings_from_the_environment_and_flags() -> None:
-    env = {"NODE_NAME": "n1", "INSTALL_K8S_NET": "no", "MTU": "1400", "HOST_CNI_CONF_DIR": "/h"}
+    env = {"NODE_NAME": "n1", "INSTALL_K8S_NET": "no", "MTU": "1400"}
     settings = service.settings_from_env(env)
-    assert settings == plan.InstallSettings(
-        node_name="n1", install_k8s_net=False, host_conf_dir="/h", mtu=1400
-    )
-    settings = service.settings_from_env(env, host_conf_dir="/flag", mtu="9000")
-    assert (settings.host_conf_dir, settings.mtu) == ("/flag", 9000)
-    assert service.settings_from_env({}).host_conf_dir == "/etc/cni/net.d"
+    assert settings == plan.InstallSettings(node_name="n1", install_k8s_net=False, mtu=1400)
+    settings = service.settings_from_env(env, mtu="9000")
+    assert settings.mtu == 9000
+    assert service.settings_from_env({}).install_k8s_net is True
 
 
 def test_an_annotation_key_the_daemon_refuses_stops_the_installer() -> None:

@@ -1,7 +1,8 @@
 """Every manifest in deploy/ is valid against the Kubernetes schemas (offline, strict:
 unknown fields are errors) and grants exactly what the docs promise: read-only access to
 nodes, NET_ADMIN only, a read-only root filesystem, the runtime's default seccomp profile,
-probes on the daemon's endpoints, one CLUSTER_CIDRS for the installer and the daemon."""
+probes on the daemon's endpoints, one CLUSTER_CIDRS for the installer and the daemon, the
+IPAM socket and the host's /var/lib/cni for the main instance only."""
 
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ MANIFESTS = sorted(p for p in DEPLOY.rglob("*.yaml") if not p.name.endswith("-pa
 PATCHES = sorted(DEPLOY.rglob("*-patch.yaml"))
 DAEMONSETS = ["xcluster-cni.yaml", "xcluster-cni-secondary-net.yaml"]
 WORKLOADS = [*DAEMONSETS, "xcluster-cni-static.yaml"]
+MAIN = ["xcluster-cni.yaml", "xcluster-cni-static.yaml"]  # the instances that serve IPAM
+SOCKET = "/run/xcluster-cni/ipam.sock"
+# The in-cluster client's contract (read by the Kubernetes client, not a daemon setting):
+# the static pod names the API server for both containers.
+IN_CLUSTER_ENV = {"KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"}
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -123,7 +129,7 @@ def test_install_init_container_mounts_the_host_cni_dirs(name: str) -> None:
     host_paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
     mounts = {m["mountPath"]: host_paths.get(m["name"]) for m in install["volumeMounts"]}
     assert mounts[str(args.cni_bin_dir)] == "/opt/cni/bin"
-    assert mounts[str(args.cni_conf_dir)] == "/etc/cni/net.d" == args.host_cni_conf_dir
+    assert mounts[str(args.cni_conf_dir)] == "/etc/cni/net.d"
     env = _env(install)
     assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert set(env) <= INSTALL_ENV, set(env) - INSTALL_ENV
@@ -146,7 +152,8 @@ def test_daemon_container_has_net_admin_only_and_probes(name: str) -> None:
     assert sc["readOnlyRootFilesystem"] is True
 
     env = _env(daemon)
-    assert set(env) <= set(SETTINGS), set(env) - set(SETTINGS)  # only settings it reads
+    # only settings it reads
+    assert set(env) <= set(SETTINGS) | IN_CLUSTER_ENV, set(env) - set(SETTINGS)
     assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     address = parse_http_address(env["HTTP_ADDRESS"])
     assert address is not None
@@ -209,17 +216,52 @@ def test_secondary_instance_is_separate_from_the_main_one() -> None:
     assert routed and [str(c) for c in routed] == bridge["ipam"]["clusterCIDRs"]
 
 
-def test_static_pod_names_the_api_server_and_uses_the_written_kubeconfig() -> None:
-    spec = _pod_spec("xcluster-cni-static.yaml")
-    install_env = _env(_container(spec, "install", init=True))
-    plan.api_server_url(
-        install_env["KUBERNETES_SERVICE_HOST"], install_env["KUBERNETES_SERVICE_PORT"]
-    )
+def _host_mounts(spec: dict[str, Any], container: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """mountPath -> (host path, hostPath type) of a container's hostPath mounts."""
+    volumes = {v["name"]: v["hostPath"] for v in spec["volumes"] if "hostPath" in v}
+    return {
+        m["mountPath"]: (volumes[m["name"]]["path"], volumes[m["name"]].get("type", ""))
+        for m in container.get("volumeMounts", [])
+        if m["name"] in volumes
+    }
+
+
+@pytest.mark.parametrize("name", MAIN)
+def test_the_main_instance_serves_ipam_on_the_hosts_socket(name: str) -> None:
+    """The shim on the host connects to /run/xcluster-cni/ipam.sock; the agent's
+    host-local keeps its allocations in the host's /var/lib/cni (they outlive the pod)."""
+    spec = _pod_spec(name)
     daemon = _container(spec, "xcluster-cni", init=False)
-    kubeconfig = Path(_env(daemon)["KUBECONFIG"])
-    assert kubeconfig.name == plan.KUBECONFIG_NAME
-    mounts = {m["mountPath"] for m in daemon["volumeMounts"]}
-    assert str(kubeconfig.parent) in mounts
+    env = _env(daemon)
+    assert env["IPAM_SOCKET"] == SOCKET
+    assert "IPAM_NODE_FILE" not in env or str(env["IPAM_NODE_FILE"]).startswith("/var/lib/cni/")
+    mounts = _host_mounts(spec, daemon)
+    assert mounts["/run/xcluster-cni"] == ("/run/xcluster-cni", "DirectoryOrCreate")
+    assert mounts["/var/lib/cni"] == ("/var/lib/cni", "DirectoryOrCreate")
+    ro = {m["mountPath"] for m in daemon["volumeMounts"] if m.get("readOnly")}
+    assert not ro & {"/run/xcluster-cni", "/var/lib/cni"}
+
+
+def test_a_secondary_instance_serves_no_ipam() -> None:
+    spec = _pod_spec("xcluster-cni-secondary-net.yaml")
+    daemon = _container(spec, "xcluster-cni", init=False)
+    assert "IPAM_SOCKET" not in _env(daemon)
+    assert "/run/xcluster-cni" not in _host_mounts(spec, daemon)
+
+
+def test_static_pod_names_the_api_server_and_mounts_the_token_for_both_containers() -> None:
+    spec = _pod_spec("xcluster-cni-static.yaml")
+    install = _container(spec, "install", init=True)
+    daemon = _container(spec, "xcluster-cni", init=False)
+    assert install["args"] == ["install"]
+    for container in (install, daemon):
+        env = _env(container)
+        assert env["KUBERNETES_SERVICE_HOST"] and 0 < int(env["KUBERNETES_SERVICE_PORT"]) < 65536
+        assert "KUBECONFIG" not in env
+        mounts = _host_mounts(spec, container)
+        sa = mounts["/var/run/secrets/kubernetes.io/serviceaccount"]
+        assert sa == ("/etc/xcluster-cni/serviceaccount", "Directory")
+    assert _env(install)["KUBERNETES_SERVICE_HOST"] == _env(daemon)["KUBERNETES_SERVICE_HOST"]
 
 
 def test_all_workloads_use_one_image() -> None:
@@ -231,7 +273,7 @@ def test_all_workloads_use_one_image() -> None:
 
 
 @pytest.mark.parametrize("name", ["nad-kube-node.yaml", "nad-node-annotation.yaml"])
-def test_nad_examples_use_our_ipam_with_the_installed_kubeconfig(name: str) -> None:
+def test_nad_examples_use_the_served_ipam(name: str) -> None:
     (nad,) = _docs(DEPLOY / "examples" / name)
     assert nad["apiVersion"] == "k8s.cni.cncf.io/v1"
     config = json.loads(nad["spec"]["config"])
@@ -240,9 +282,8 @@ def test_nad_examples_use_our_ipam_with_the_installed_kubeconfig(name: str) -> N
     ipam = bridge["ipam"]
     assert ipam["type"] in plan.OUR_IPAM_TYPES
     assert ipam["annotation"]
-    # the node-name file is found beside this kubeconfig (a NAD cannot name the node)
-    assert ipam["kubeconfig"] == f"/etc/cni/net.d/{plan.KUBECONFIG_NAME}"
-    assert "nodeName" not in ipam
+    # the agent serving the shim knows its node and has its own credentials
+    assert not {"kubeconfig", "nodeName", "nodesFile"} & set(ipam)
     # the nodes write the annotation themselves: the example limits what it hands out
     assert parse_cidr_list(",".join(ipam["clusterCIDRs"]), key="clusterCIDRs")
     assert bridge["bridge"] != plan.BRIDGE  # not the main network's bridge

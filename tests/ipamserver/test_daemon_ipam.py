@@ -46,10 +46,13 @@ def test_ipam_node_file_and_cni_path_settings() -> None:
         {**base, "IPAM_NODE_FILE": "/state/n.json", "IPAM_CNI_PATH": "/a::/b:"}, rt_protos={}
     )
     assert (config.ipam_node_file, config.ipam_cni_path) == ("/state/n.json", "/a:/b")
-    for name, bad in [("IPAM_NODE_FILE", "state.json"), ("IPAM_NODE_FILE", "/tmp")] + [
+    bad_values = [
+        ("IPAM_NODE_FILE", "state.json"),
+        ("IPAM_NODE_FILE", "/tmp"),
         ("IPAM_CNI_PATH", "/a:bin"),
         ("IPAM_CNI_PATH", ":"),
-    ]:
+    ]
+    for name, bad in bad_values:
         with pytest.raises(ConfigError) as e:
             load_config({**base, name: bad}, rt_protos={})
         assert e.value.name == name

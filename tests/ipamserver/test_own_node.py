@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -105,7 +104,8 @@ def test_served_calls_use_the_agents_own_node_from_the_api(
         sock = daemon.ipam.path
         wait_for(lambda: call(daemon, conf, "STATUS").rc == 0, timeout=10, what="STATUS ok")
         out = shim(exe, sock, conf, "ADD")
-        assert _address(out) in ipaddress.ip_network("10.244.1.0/24")  # n1's pod CIDR
+        n1_cidr = ipaddress.ip_network("10.244.1.0/24")
+        assert _address(out) in n1_cidr  # n1's pod CIDR
         assert shim(exe, sock, conf, "CHECK").rc == 0
         assert shim(exe, sock, conf, "DEL").rc == 0
         state = root.parent / "state" / "own-node.json"
@@ -123,6 +123,14 @@ def test_served_calls_use_the_agents_own_node_from_the_api(
         other = call(daemon, served_conf(tmp_path / "data2", nodeName="n2"), "ADD")
         assert (other.rc, other.json["code"]) == (1, 7), other
         assert "the agent serves node n1" in other.json["msg"]
+        # a conflist an earlier installer wrote (its kubeconfig is gone now) keeps working
+        old = served_conf(
+            tmp_path / "data3",
+            nodeName="n1",
+            kubeconfig="/etc/cni/net.d/xcluster-cni-kubeconfig-removed-by-the-installer",
+        )
+        assert _address(shim(exe, sock, old, "ADD", cid="old")) in n1_cidr
+        assert shim(exe, sock, old, "DEL", cid="old").rc == 0
 
 
 def test_status_is_not_ready_until_the_own_node_is_known_and_a_deleted_node_is_forgotten(
@@ -187,7 +195,8 @@ def test_plugin_log_lines_become_agent_log_records(
     misses = [
         r
         for r in caplog.records
-        if r.name == "xcluster_cni_lib.daemon.ipamserver" and r.getMessage().startswith("cache miss")
+        if r.name == "xcluster_cni_lib.daemon.ipamserver"
+        and r.getMessage().startswith("cache miss")
     ]
     assert len(misses) == 1 and misses[0].levelname == "INFO"
 

@@ -1,7 +1,9 @@
-"""The installer service (``xcluster-cni install``): puts the CNI plugins, the kubeconfig,
-the node-name file and the main network's conflist on the host.
+"""The installer service (``xcluster-cni install``): puts the static host shim (as the IPAM
+plugins), the reference plugins the node lacks and the main network's conflist on the
+host, and removes what earlier versions left there.
 
 ``plan`` holds the pure decisions (file contents, what counts as an xcluster config, the
-node address the MTU follows); ``files`` the atomic file operations; ``service`` composes
-them. Nothing here is imported by the plugins or the daemon.
+node address the MTU follows, the shim's architecture); ``files`` the atomic file
+operations; ``service`` composes them. Nothing here is imported by the plugins or the
+daemon.
 """

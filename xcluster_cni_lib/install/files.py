@@ -4,27 +4,25 @@ writer): every file appears whole or not at all, and unchanged files are not tou
 runs a plugin, or reads a config, in the middle of an upgrade sees the old file or the
 new one, never a half-written one.
 
-Here only what is the installer's own: content digests, a whole directory that appears
-at once (``copy_tree_atomic``), the clean-up of an interrupted run's temporaries.
+Here only what is the installer's own: content digests, a copy that never replaces what
+is there (``install_if_absent``), the clean-up of an interrupted run's temporaries.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from xcluster_cni_lib.support import atomicfile
 from xcluster_cni_lib.support.atomicfile import TMP_PREFIX, fsync_dir, symlink_atomic
 
 __all__ = [
-    "copy_tree_atomic",
     "file_digest",
+    "fsync_dir",
     "install_file",
-    "read_json",
+    "install_if_absent",
     "remove_stale_temporaries",
     "symlink_atomic",
     "write_atomic",
@@ -58,34 +56,17 @@ def install_file(src: Path, dst: Path) -> str:
     return "replaced" if existed else "installed"
 
 
-def _fsync_tree(root: Path) -> None:
-    for directory, _dirs, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(directory))
-
-
-def copy_tree_atomic(src: Path, dst: Path) -> bool:
-    """Copy directory ``src`` to ``dst`` (which must not be a directory in use): into a
-    temporary directory beside ``dst``, synced, then renamed to ``dst``. False when ``dst``
-    already exists: a directory only ever appears complete, so an existing one is whole."""
-    if dst.is_dir():
-        return False
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=dst.parent))
-    try:
-        shutil.copytree(src, tmp, symlinks=True, dirs_exist_ok=True)
-        tmp.chmod(0o755)
-        _fsync_tree(tmp)
-        os.rename(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_dir(dst.parent)
-    return True
+def install_if_absent(src: Path, dst: Path) -> str:
+    """Put executable ``src`` at ``dst`` (mode 0755) only when nothing of that name is
+    there (a dangling symlink counts as something): ``"installed"``, ``"unchanged"``
+    (``dst`` already has ``src``'s content) or ``"kept"`` (another file: the node's own,
+    never replaced)."""
+    if os.path.lexists(dst):
+        if dst.is_file() and not dst.is_symlink() and file_digest(dst) == file_digest(src):
+            return "unchanged"
+        return "kept"
+    atomicfile.copy_atomic(src, dst, mode=0o755)
+    return "installed"
 
 
 def remove_stale_temporaries(directory: Path) -> list[str]:
@@ -103,8 +84,3 @@ def remove_stale_temporaries(directory: Path) -> list[str]:
             entry.unlink(missing_ok=True)
         removed.append(entry.name)
     return removed
-
-
-def read_json(path: Path) -> object:
-    """A JSON file's value (for BUNDLE.json)."""
-    return json.loads(path.read_bytes())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -17,8 +16,21 @@ from xcluster_cni_lib.core.values import IPAddress, IPNetwork, NodeFacts
 
 CONFLIST_NAME = "10-xcluster-cni.conflist"
 NETWORK_NAME = "xcluster-cni"
+# What earlier versions wrote in the CNI config directory for the plugins (a kubeconfig
+# holding a service-account token, the node's name); the served IPAM needs neither, so
+# the installer removes them.
 KUBECONFIG_NAME = "xcluster-cni-kubeconfig"
 NODE_NAME_FILE = "xcluster-cni-node-name"
+# The executable the IPAM plugin names point at, and the names (the shim picks the plugin
+# type from the name it was started under).
+SHIM_NAME = "xcluster-cni-shim"
+SHIM_PLUGIN_NAMES = ("kube-node", "node-annotation")
+# What earlier versions put in the CNI bin dir: the directory of the CPython bundle.
+OLD_BUNDLE_DIR = "xcluster-cni"
+# The reference plugins the image ships, installed only on a node that has none.
+REFERENCE_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
+# platform.machine() values -> the shim's architecture directory.
+MACHINE_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 BRIDGE = "cbr0"
 CNI_VERSION = "1.0.0"
 # The file extensions container runtimes read from the CNI config directory.
@@ -31,18 +43,27 @@ OUR_IPAM_TYPES = frozenset({"kube-node", "node-annotation"})
 class InstallSettings:
     """What ``xcluster-cni install`` does, from its flags and environment.
 
-    ``host_conf_dir`` is the CNI config directory as the host sees it: the plugins run on
-    the host, so the paths written into configs use it, not the container's mount path.
     ``cluster_cidrs`` (``CLUSTER_CIDRS``) goes into the conflist's IPAM section as
     ``clusterCIDRs``, the kube-node plugin's allow-list (empty: none written).
     """
 
     node_name: str
     install_k8s_net: bool = True
-    host_conf_dir: str = "/etc/cni/net.d"
     mtu: int | None = None
     address_annotation: str | None = None
     cluster_cidrs: tuple[IPNetwork, ...] = ()
+
+
+def shim_arch(machine: str) -> str:
+    """The shim's architecture (``amd64``, ``arm64``) for a ``platform.machine()`` value;
+    ``InputError`` naming the machine for any other."""
+    arch = MACHINE_ARCH.get(machine.strip().lower())
+    if arch is None:
+        raise InputError(
+            f"no host shim for this node's machine {machine!r}: "
+            f"only x86-64 (x86_64) and arm64 (aarch64) are built"
+        )
+    return arch
 
 
 def parse_cluster_cidrs(name: str, value: str | None) -> tuple[IPNetwork, ...]:
@@ -85,73 +106,19 @@ def parse_mtu(name: str, value: str | None) -> int | None:
     return mtu
 
 
-def api_server_url(host: str, port: str) -> str:
-    """``https://host:port``, with an IPv6 host in brackets (as Kubernetes sets
-    ``KUBERNETES_SERVICE_HOST`` to a bare IPv6 address on IPv6 clusters)."""
-    host = host.strip()
-    port = port.strip()
-    if not host or not port:
-        raise InputError(
-            "KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT must both be set "
-            f"(got host={host!r}, port={port!r})"
-        )
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise InputError(f"KUBERNETES_SERVICE_PORT={port!r}: not a port number")
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"https://{host}:{port}"
-
-
-def kubeconfig(*, server: str, token: str, ca_cert: bytes) -> dict[str, Any]:
-    """A kubeconfig for the plugins: the pod's service-account token and the cluster CA
-    (inline, so the file stands alone on the host)."""
-    token = token.strip()
-    if not token:
-        raise InputError("the service-account token is empty")
-    if b"BEGIN CERTIFICATE" not in ca_cert:
-        raise InputError("the service-account ca.crt holds no PEM certificate")
-    return {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "local",
-                "cluster": {
-                    "server": server,
-                    "certificate-authority-data": base64.b64encode(ca_cert).decode("ascii"),
-                },
-            }
-        ],
-        "users": [{"name": "xcluster-cni", "user": {"token": token}}],
-        "contexts": [
-            {"name": "xcluster-cni", "context": {"cluster": "local", "user": "xcluster-cni"}}
-        ],
-        "current-context": "xcluster-cni",
-    }
-
-
 def render_json(value: Mapping[str, Any]) -> bytes:
-    """The bytes of a JSON file we write (JSON is also valid YAML for kubeconfig readers)."""
+    """The bytes of a JSON file we write."""
     return (json.dumps(value, indent=2) + "\n").encode()
 
 
-def conflist(
-    *,
-    node_name: str,
-    mtu: int,
-    host_conf_dir: str,
-    cluster_cidrs: tuple[IPNetwork, ...] = (),
-) -> dict[str, Any]:
+def conflist(*, mtu: int, cluster_cidrs: tuple[IPNetwork, ...] = ()) -> dict[str, Any]:
     """The main network's conflist: ``bridge`` on cbr0 (gateway, default route, hairpin,
-    MTU) with ``kube-node`` IPAM for this node (and ``clusterCIDRs`` when given), then
-    ``portmap``."""
-    if not node_name:
-        raise InputError("NODE_NAME is empty: the conflist must name this node")
-    ipam: dict[str, Any] = {
-        "type": "kube-node",
-        "nodeName": node_name,
-        "kubeconfig": f"{host_conf_dir.rstrip('/')}/{KUBECONFIG_NAME}",
-    }
+    MTU) with ``kube-node`` IPAM (and ``clusterCIDRs`` when given), then ``portmap``.
+
+    The IPAM section names no node and no kubeconfig: ``kube-node`` on the host is the
+    shim, and the node agent it forwards to knows its own node and has its own
+    credentials."""
+    ipam: dict[str, Any] = {"type": "kube-node"}
     if cluster_cidrs:
         ipam["clusterCIDRs"] = [str(c) for c in cluster_cidrs]
     return {

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # (collections.abc imports all of collections)
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"  # host-local's default
 DEFAULT_TIMEOUT = 10.0
-NODE_NAME_FILE = "xcluster-cni-node-name"  # written by the installer beside the kubeconfig
+NODE_NAME_FILE = "xcluster-cni-node-name"  # beside the kubeconfig: the own node, standalone
 CACHE_NAMES = {"kube-node": "kube-node.json", "node-annotation": "node-annotation.json"}
 PER_FAMILY_KEYS = ("rangeStart", "rangeEnd", "gateway")
 

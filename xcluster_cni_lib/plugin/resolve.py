@@ -42,8 +42,9 @@ if TYPE_CHECKING:
     from xcluster_cni_lib.plugin.log import Log
     from xcluster_cni_lib.plugin.served import OwnNodeLookup
 
-# Where the installer puts the plugins' kubeconfig (``install.plan``): used when neither the
-# config nor KUBECONFIG names one and we are not in a pod, e.g. for a Multus NAD.
+# The standalone plugins' fallback kubeconfig (earlier installers wrote one there; a served
+# call reads none): used when neither the config nor KUBECONFIG names one and we are not
+# in a pod.
 DEFAULT_KUBECONFIG = "/etc/cni/net.d/xcluster-cni-kubeconfig"
 
 
@@ -93,7 +94,7 @@ def _read_first_line(path: str) -> str:
 
 def kubeconfig_path(conf: IpamConfig, env: Mapping[str, str]) -> str | None:
     """The kubeconfig to use: ipam ``kubeconfig``, else ``KUBECONFIG``, else none in a pod
-    (in-cluster), else the installer's ``DEFAULT_KUBECONFIG`` when it exists."""
+    (in-cluster), else ``DEFAULT_KUBECONFIG`` when it exists."""
     if conf.kubeconfig:
         return conf.kubeconfig
     if env.get("KUBERNETES_SERVICE_HOST"):

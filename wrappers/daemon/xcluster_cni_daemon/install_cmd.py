@@ -3,9 +3,10 @@
 Environment (documented in ``docs/install.md``; the list is
 ``xcluster_cni_lib.install.service.INSTALL_ENV``, read by ``settings_from_env``):
 ``NODE_NAME`` (required), ``INSTALL_K8S_NET`` (yes/no, default yes), ``ADDRESS_ANNOTATION``,
-``MTU``, ``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT``, ``KUBECONFIG``,
-``CLUSTER_CIDRS`` (written into the conflist as ``clusterCIDRs``). Directory
-flags default to the container paths of the DaemonSet's hostPath mounts.
+``MTU``, ``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT``, ``KUBECONFIG`` (the last
+three only for the MTU look-up), ``CLUSTER_CIDRS`` (written into the conflist as
+``clusterCIDRs``). Directory flags default to the container paths of the DaemonSet's
+hostPath mounts and to the image's layout.
 """
 
 from __future__ import annotations
@@ -15,18 +16,19 @@ import os
 import sys
 from pathlib import Path
 
-from xcluster_cni_lib.support.kubeconfig import SERVICE_ACCOUNT_DIR
-
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``install`` and ``k8smtu`` subcommands."""
     install = subparsers.add_parser(
         "install",
-        help="install the CNI plugins, kubeconfig and main-network config on this host",
-        description="Copy the CNI plugins into the host's CNI bin dir (same version: left "
-        "alone), write the plugins' kubeconfig and node-name file, and write "
-        "10-xcluster-cni.conflist unless an xcluster config is present or "
-        "INSTALL_K8S_NET=no. Every file is written atomically.",
+        help="install the host shim, missing reference plugins and the main-network config",
+        description="Copy the static host shim for this machine into the host's CNI bin "
+        "dir as kube-node and node-annotation (same content: left alone), copy each "
+        "reference plugin (bridge, host-local, loopback, portmap) only where the node has "
+        "none, remove what earlier versions left (the plugin bundle, the plugins' "
+        "kubeconfig and node-name file), and write 10-xcluster-cni.conflist unless an "
+        "xcluster config is present or INSTALL_K8S_NET=no. Every file is written "
+        "atomically.",
     )
     install.add_argument(
         "--cni-bin-dir",
@@ -41,23 +43,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the host's CNI config dir as mounted here [/cni/net.d]",
     )
     install.add_argument(
-        "--host-cni-conf-dir",
-        default=os.environ.get("HOST_CNI_CONF_DIR") or "/etc/cni/net.d",
-        help="the CNI config dir as the host sees it, used in the paths "
-        "written into configs [$HOST_CNI_CONF_DIR, /etc/cni/net.d]",
+        "--shim-dir",
+        type=Path,
+        default=Path("/opt/xcluster-cni/shim"),
+        help="the host shims, <dir>/<arch>/xcluster-cni-shim (arch: amd64, arm64) "
+        "[/opt/xcluster-cni/shim]",
     )
     install.add_argument(
-        "--service-account-dir",
+        "--reference-dir",
         type=Path,
-        default=Path(SERVICE_ACCOUNT_DIR),
-        help="where the pod's service-account token and ca.crt are",
-    )
-    install.add_argument(
-        "--plugin-dir",
-        type=Path,
-        default=Path("/opt/xcluster-cni/plugins"),
-        help="the plugins to install: executables and the plugin bundle "
-        "[/opt/xcluster-cni/plugins]",
+        default=Path("/opt/xcluster-cni/reference"),
+        help="the reference plugins installed where the node has none "
+        "[/opt/xcluster-cni/reference]",
     )
     install.add_argument(
         "--mtu",
@@ -88,17 +85,15 @@ def run_install(args: argparse.Namespace) -> int:
 
     jsonlog.setup(os.environ.get("LOG_LEVEL", "info"))
     log = jsonlog.get_logger("xcluster_cni_lib.install")
-    settings = service.settings_from_env(
-        os.environ, host_conf_dir=args.host_cni_conf_dir, mtu=args.mtu
-    )
+    settings = service.settings_from_env(os.environ, mtu=args.mtu)
     paths = service.InstallPaths(
         bin_dir=args.cni_bin_dir,
         conf_dir=args.cni_conf_dir,
-        service_account_dir=args.service_account_dir,
-        plugin_dir=args.plugin_dir,
+        shim_dir=args.shim_dir,
+        reference_dir=args.reference_dir,
     )
     detect = service.mtu_detector(settings)
-    for action in service.run_install(settings, paths, env=os.environ, detect_mtu=detect):
+    for action in service.run_install(settings, paths, detect_mtu=detect):
         log.info(
             f"{action.what} {action.path}",
             path=action.path,
