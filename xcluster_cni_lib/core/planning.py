@@ -46,6 +46,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from xcluster_cni_lib.core.addresses import parse_address, parse_cidr
 from xcluster_cni_lib.core.nodes import NO_POD_CIDR, parse_nodes
+from xcluster_cni_lib.core.overlay import underlay_family, vtep_address
 from xcluster_cni_lib.core.ranges import RangePolicy
 from xcluster_cni_lib.core.values import (
     IPAddress,
@@ -72,7 +73,11 @@ def _mask(family: int, length: int) -> int:
 
 
 def desired_routes(
-    nodes: Iterable[NodeNetwork], *, own: str | None, policy: RangePolicy | None = None
+    nodes: Iterable[NodeNetwork],
+    *,
+    own: str | None,
+    policy: RangePolicy | None = None,
+    overlay: str | None = None,
 ) -> tuple[list[Route], list[Problem]]:
     """The routes node ``own`` wants to the other nodes' pod CIDRs, and what prevents others.
 
@@ -81,11 +86,14 @@ def desired_routes(
     CIDR ``policy`` refuses, a contested CIDR (one overlapping, or equal to, another
     node's: neither node gets it), a CIDR without an address of its family, an address
     that may not be a gateway. ``policy`` ``None``: the CIDRs were checked when parsed.
+    With ``overlay`` (the vxlan device's name) every route goes via the node's VTEP
+    address on that device (``core.overlay``), and the node needs an address of the
+    underlay family instead (the own node's: IPv4 if it has one, else IPv6).
     Routes come sorted by ``route_sort_key``; problems in node-name order (per node:
     no pod CIDR, then per CIDR in the node's order). Of several nodes with one name, the
     last counts.
     """
-    state = DesiredRoutes(nodes, own=own, policy=policy)
+    state = DesiredRoutes(nodes, own=own, policy=policy, overlay=overlay)
     return list(state.routes.values()), state.problems()  # a fresh state's are sorted
 
 
@@ -166,10 +174,17 @@ class DesiredRoutes:
     """
 
     def __init__(
-        self, nodes: Iterable[NodeNetwork], *, own: str | None, policy: RangePolicy | None = None
+        self,
+        nodes: Iterable[NodeNetwork],
+        *,
+        own: str | None,
+        policy: RangePolicy | None = None,
+        overlay: str | None = None,
     ) -> None:
         self.own = own
         self.policy = policy
+        self.overlay = overlay
+        self._underlay: int | None = None
         self.networks: dict[str, NodeNetwork] = {n.name: n for n in nodes}
         self._rebuild()  # sets routes, _problems, _contested, _accepted and _index
 
@@ -213,10 +228,14 @@ class DesiredRoutes:
                 contested.append(self._contest(n.name, cidr, rivals))
                 problems.append(contested[-1])
                 continue
-            address = n.address(cidr.version)
+            family = self._underlay if self.overlay is not None else cidr.version
+            address = n.address(family) if family is not None else None
             reason: str | None = None
-            if address is None:
-                reason = f"no IPv{cidr.version} address; no route to its pod CIDR {cidr}"
+            if family is None:
+                reason = f"this node has no address for the vxlan underlay; no route to {cidr}"
+            elif address is None:
+                what = "address for the vxlan underlay" if self.overlay is not None else "address"
+                reason = f"no IPv{family} {what}; no route to its pod CIDR {cidr}"
             elif address in own_addresses:
                 reason = f"address {address} is this node's own; no route to its pod CIDR {cidr}"
             elif self.policy is not None:
@@ -227,7 +246,11 @@ class DesiredRoutes:
                 problems.append(Problem(n.name, reason, value=str(cidr)))
                 continue
             assert address is not None
-            self.routes[cidr] = Route(dst=cidr, gateway=address, node=n.name)
+            if self.overlay is not None:  # via the node's VTEP, on-link on the vxlan device
+                gateway = vtep_address(cidr)
+                self.routes[cidr] = Route(cidr, gateway, node=n.name, device=self.overlay)
+            else:
+                self.routes[cidr] = Route(dst=cidr, gateway=address, node=n.name)
         if problems:
             self._problems[n.name] = problems
         if contested:
@@ -257,6 +280,7 @@ class DesiredRoutes:
         self._index = CidrIndex()
         for n in self.networks.values():
             self._add_node(n)
+        self._underlay = underlay_family(self.networks.get(self.own) if self.own else None)
         own_addresses = self._own_addresses()
         for name in sorted(self.networks):
             if name != self.own:

@@ -123,12 +123,14 @@ class NodeNetwork:
 
 @attrs.frozen
 class Route:
-    """A route to a pod CIDR via a node address. ``node`` is informational only (not
-    compared), so routes read back from the kernel equal the planned ones."""
+    """A route to a pod CIDR via a node address, or (the vxlan overlay) via a VTEP
+    address on ``device``, on-link. ``node`` is informational only (not compared), so
+    routes read back from the kernel equal the planned ones."""
 
     dst: IPNetwork
     gateway: IPAddress
     node: str = attrs.field(default="", eq=False)
+    device: str | None = None
 
     @property
     def family(self) -> int:
@@ -136,6 +138,8 @@ class Route:
 
     def to_json(self) -> dict[str, str]:
         out = {"dst": str(self.dst), "gateway": str(self.gateway)}
+        if self.device:
+            out["device"] = self.device
         if self.node:
             out["node"] = self.node
         return out

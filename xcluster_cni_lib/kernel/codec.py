@@ -77,6 +77,7 @@ RTA_PRIORITY = 6
 RTA_MULTIPATH = 9
 RTA_TABLE = 15
 RTA_VIA = 18
+RTNH_F_ONLINK = 4  # rtm_flags: the gateway is on the link named by RTA_OIF, no lookup
 
 RTN_UNSPEC = 0
 RTN_UNICAST = 1
@@ -113,16 +114,22 @@ _HDR_RTMSG = struct.Struct("=IHHIIBBBBBBBBI")  # nlmsghdr + rtmsg, 28 bytes
 HDR_LEN = _HDR.size
 
 
-def _route_struct(addr_len: int, *, gateway: bool) -> struct.Struct:
-    # nlmsghdr, rtmsg, RTA_TABLE(u32), RTA_DST(addr) [, RTA_GATEWAY(addr)]
+def _route_struct(addr_len: int, *, gateway: bool, oif: bool = False) -> struct.Struct:
+    # nlmsghdr, rtmsg, RTA_TABLE(u32), RTA_DST(addr) [, RTA_GATEWAY(addr)] [, RTA_OIF(u32)]
     fmt = f"=IHHII BBBBBBBBI HHI HH{addr_len}s"
     if gateway:
         fmt += f" HH{addr_len}s"
+    if oif:
+        fmt += " HHI"
     return struct.Struct(fmt.replace(" ", ""))
 
 
 _ROUTE_GW = {AF_INET: _route_struct(4, gateway=True), AF_INET6: _route_struct(16, gateway=True)}
 _ROUTE_NOGW = {AF_INET: _route_struct(4, gateway=False), AF_INET6: _route_struct(16, gateway=False)}
+_ROUTE_GW_OIF = {
+    AF_INET: _route_struct(4, gateway=True, oif=True),
+    AF_INET6: _route_struct(16, gateway=True, oif=True),
+}
 
 
 def route_message_size(family: int, *, gateway: bool) -> int:
@@ -145,14 +152,22 @@ def encode_routes(
     gateway: bool,
     scope: int = RT_SCOPE_UNIVERSE,
     route_type: int = RTN_UNICAST,
+    oif: int = 0,
 ) -> tuple[int, int]:
     """Encode route messages for ``routes[start:stop]`` into ``out`` until it is full, the
     i-th with sequence number ``seq + i`` and ``flags`` (``last_flags`` added to the last
-    one); return (routes encoded, bytes used).
+    one); return (routes encoded, bytes used). ``oif`` (with ``gateway``): every route
+    goes out of that interface, its gateway on-link (the vxlan overlay's routes).
 
     The hot loop of a route install: one ``pack_into`` per route.
     """
     table_byte = table if table < 256 else RT_TABLE_COMPAT
+    if oif and gateway:
+        return _encode_onlink(
+            out, routes, start, stop, msg_type=msg_type, flags=flags, last_flags=last_flags,
+            seq=seq, table=table, protocol=protocol, scope=scope, route_type=route_type,
+            oif=oif,
+        )  # fmt: skip
     structs = _ROUTE_GW if gateway else _ROUTE_NOGW
     st4, st6 = structs[AF_INET], structs[AF_INET6]
     size4, size6 = st4.size, st6.size
@@ -187,6 +202,55 @@ def encode_routes(
             )  # fmt: skip
         last = offset
         offset += size
+        index += 1
+    if last_flags and index > start:
+        _FLAGS.pack_into(out, last + 6, flags | last_flags)
+    return index - start, offset
+
+
+def _encode_onlink(
+    out: bytearray,
+    routes: Sequence[Route],
+    start: int,
+    stop: int,
+    *,
+    msg_type: int,
+    flags: int,
+    last_flags: int,
+    seq: int,
+    table: int,
+    protocol: int,
+    scope: int,
+    route_type: int,
+    oif: int,
+) -> tuple[int, int]:
+    """``encode_routes`` for routes via an on-link gateway out of interface ``oif``."""
+    table_byte = table if table < 256 else RT_TABLE_COMPAT
+    limit = len(out)
+    offset = last = 0
+    index = start
+    end = min(stop, len(routes))
+    while index < end:
+        route = routes[index]
+        dst = route.dst
+        if dst.version == 4:
+            family, alen = AF_INET, 8
+        else:
+            family, alen = AF_INET6, 20
+        st = _ROUTE_GW_OIF[family]
+        if offset + st.size > limit:
+            break
+        st.pack_into(
+            out, offset, st.size, msg_type, flags, seq + index - start, 0,
+            family, dst.prefixlen, 0, 0, table_byte, protocol, scope, route_type,
+            RTNH_F_ONLINK,
+            8, RTA_TABLE, table,
+            alen, RTA_DST, dst.network_address.packed,
+            alen, RTA_GATEWAY, route.gateway.packed,
+            8, RTA_OIF, oif,
+        )  # fmt: skip
+        last = offset
+        offset += st.size
         index += 1
     if last_flags and index > start:
         _FLAGS.pack_into(out, last + 6, flags | last_flags)

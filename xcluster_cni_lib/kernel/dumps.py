@@ -198,19 +198,22 @@ def holders(chan: Channel, *, table: int, events: RouteEvents) -> dict[Key, list
     return held
 
 
-def as_route(family: int, msg: rc.RouteMessage) -> Route | None:
-    """The ``Route`` value of a route message; None for a route without a single gateway
-    (multipath, or none), which a ``Route`` cannot describe."""
+def as_route(family: int, msg: rc.RouteMessage, device: str | None = None) -> Route | None:
+    """The ``Route`` value of a route message (``device``: the overlay device it goes
+    out of); None for a route without a single gateway (multipath, or none), which a
+    ``Route`` cannot describe."""
     if msg.gateway is None or msg.multipath:
         return None
     if family == socket.AF_INET:
         return Route(
             ipaddress.IPv4Network((msg.dst or bytes(4), msg.dst_len)),
             ipaddress.IPv4Address(msg.gateway),
+            device=device,
         )
     return Route(
         ipaddress.IPv6Network((msg.dst or bytes(16), msg.dst_len)),
         ipaddress.IPv6Address(msg.gateway),
+        device=device,
     )
 
 

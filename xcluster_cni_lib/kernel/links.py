@@ -14,7 +14,8 @@ from xcluster_cni_lib.kernel.dumps import packed_address
 _FAMILIES: Final = frozenset({socket.AF_INET, socket.AF_INET6})
 
 
-def _links(chan: Channel) -> dict[int, rc.LinkMessage]:
+def list_links(chan: Channel) -> dict[int, rc.LinkMessage]:
+    """Every interface, by index."""
     seq = chan.next_seq()
     request = rc.simple_dump_request(msg_type=rc.RTM_GETLINK, seq=seq)
     links: dict[int, rc.LinkMessage] = {}
@@ -30,7 +31,7 @@ def list_interface_addresses(netns: str | None = None) -> list[InterfaceAddress]
     the address's subnet."""
     chan = Channel(netns)
     try:
-        links = _links(chan)
+        links = list_links(chan)
         out: list[InterfaceAddress] = []
         seq = chan.next_seq()
         request = rc.simple_dump_request(msg_type=rc.RTM_GETADDR, seq=seq)
@@ -53,7 +54,7 @@ def interface_mtu(name: str, *, netns: str | None = None) -> int:
     """The MTU of interface ``name``. Raises LookupError when there is no such interface."""
     chan = Channel(netns)
     try:
-        for link in _links(chan).values():
+        for link in list_links(chan).values():
             if link.name == name:
                 return link.mtu
     finally:

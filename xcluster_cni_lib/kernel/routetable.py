@@ -31,6 +31,7 @@ from xcluster_cni_lib.kernel.dumps import (
     packed_address,
     route_key,
 )
+from xcluster_cni_lib.kernel.links import list_links
 from xcluster_cni_lib.kernel.tracker import DEFAULT_PRIORITY, Entry, RouteTracker
 from xcluster_cni_lib.support import jsonlog
 from xcluster_cni_lib.support.rtprotos import protocol_name
@@ -80,7 +81,12 @@ class NetlinkRouteTable:
     """
 
     def __init__(
-        self, protocol: int, *, netns: str | None = None, table: int = rc.RT_TABLE_MAIN
+        self,
+        protocol: int,
+        *,
+        netns: str | None = None,
+        table: int = rc.RT_TABLE_MAIN,
+        device: str | None = None,
     ) -> None:
         check_protocol(protocol)
         if not 1 <= table <= 0xFFFFFFFF or table in (253, 255):
@@ -92,6 +98,9 @@ class NetlinkRouteTable:
         self._chan = Channel(netns)
         self._tracker: RouteTracker | None = None
         self._watch: RouteEventWatch | None = None  # checks IPv6 dumps while not tracking
+        # the vxlan overlay's device (routes with ``device``), its index as last looked up
+        self._device = device
+        self._device_index = 0
         self.full_dumps = 0  # dumps of the whole table made to resolve a write (counted for tests)
 
     @property
@@ -139,6 +148,7 @@ class NetlinkRouteTable:
             self._tracker = RouteTracker(
                 self._netns, protocol=self._protocol, table=self._table, lock=self._lock
             )
+            self._tracker.device_of = self._device_of
             if self._watch is not None:  # the tracker counts route events from now on
                 self._watch.close()
                 self._watch = None
@@ -195,6 +205,7 @@ class NetlinkRouteTable:
             return self._list_routes()
 
     def _list_routes(self) -> list[Route]:
+        self._look_up_device()
         tracker = self._tracker
         if tracker is not None:
             tracker.drain()  # the changes so far stay reported
@@ -222,7 +233,7 @@ class NetlinkRouteTable:
                     if tracker is not None:  # made for an earlier dump or write: reuse
                         route = tracker.known_route(key, priority, msg.gateway)
                     if route is None:
-                        route = as_route(family, msg)
+                        route = as_route(family, msg, self._device_of(msg.oif))
                     if route is not None:
                         routes.append(route)
                 if tracker is not None:
@@ -429,7 +440,48 @@ class NetlinkRouteTable:
         )
         return RouteOutcome(op, route, "conflict", reason)
 
+    # -- the overlay device ------------------------------------------------------------
+
+    def _look_up_device(self) -> int:
+        """The overlay device's interface index now (0: no such device), remembered for
+        ``_device_of``."""
+        if self._device is None:
+            return 0
+        found = [i for i, link in list_links(self._chan).items() if link.name == self._device]
+        self._device_index = found[0] if found else 0
+        return self._device_index
+
+    def _device_of(self, oif: int) -> str | None:
+        """The device name a route out of ``oif`` carries: the overlay device's, else
+        none (a direct route: the kernel chose the interface)."""
+        if self._device is not None and oif and oif == self._device_index:
+            return self._device
+        return None
+
     def _batch(self, msg_type: int, flags: int, routes: Sequence[Route]) -> list[tuple[int, str]]:
+        """``_send`` per device: routes through the overlay device go out of it, on-link
+        (one link lookup per call); a device that does not exist fails its routes with
+        ENODEV. Deletes match on destination and gateway, whatever the device."""
+        if msg_type == rc.RTM_DELROUTE or not any(r.device for r in routes):
+            return self._send(msg_type, flags, routes, 0)
+        results: list[tuple[int, str]] = [(0, "")] * len(routes)
+        groups: dict[str | None, list[int]] = {}
+        for i, route in enumerate(routes):
+            groups.setdefault(route.device, []).append(i)
+        index = self._look_up_device()
+        for device, chosen in groups.items():
+            if device is not None and (device != self._device or not index):
+                for i in chosen:
+                    results[i] = (errno.ENODEV, f"no device {device}")
+                continue
+            sent = self._send(msg_type, flags, [routes[i] for i in chosen], index if device else 0)
+            for i, result in zip(chosen, sent, strict=True):
+                results[i] = result
+        return results
+
+    def _send(
+        self, msg_type: int, flags: int, routes: Sequence[Route], oif: int
+    ) -> list[tuple[int, str]]:
         """Send one request per route, many per ``send``; (errno, kernel message) per
         route (``Channel.exchange``). When tracking, each send's successful writes are
         noted and the events read, so that neither piles up."""
@@ -458,6 +510,7 @@ class NetlinkRouteTable:
                 gateway=True,
                 scope=scope,
                 route_type=route_type,
+                oif=oif,
             )
             sent = chan.exchange(out, length, base, count)
             results.extend(sent)

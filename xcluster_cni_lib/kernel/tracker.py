@@ -98,13 +98,20 @@ class Entry:
         return self.priority == priority and self.gateway == gateway and self.multipath == multipath
 
 
-def _route_of(dst: IPNetwork, entry: Entry) -> Route | None:
+def _no_device(oif: int) -> str | None:
+    return None
+
+
+def _route_of(
+    dst: IPNetwork, entry: Entry, device_of: Callable[[int], str | None] = _no_device
+) -> Route | None:
     if entry.route is not None or entry.gateway is None or entry.multipath:
         return entry.route
+    device = device_of(entry.oif) if entry.oif else None
     if dst.version == 4:
-        entry.route = Route(dst, ipaddress.IPv4Address(entry.gateway))
+        entry.route = Route(dst, ipaddress.IPv4Address(entry.gateway), device=device)
     else:
-        entry.route = Route(dst, ipaddress.IPv6Address(entry.gateway))
+        entry.route = Route(dst, ipaddress.IPv6Address(entry.gateway), device=device)
     return entry.route
 
 
@@ -160,6 +167,8 @@ class RouteTracker:
         # rtm_table of our routes' messages (a table past 255 travels in RTA_TABLE)
         self._rtm_table = table if table < 256 else rc.RT_TABLE_COMPAT
         self._closed = False
+        #: the name of the overlay device with this interface index (the table sets it)
+        self.device_of: Callable[[int], str | None] = _no_device
 
     def close(self) -> None:
         """Close the socket (idempotent; the table and the monitor may both call it)."""
@@ -393,8 +402,8 @@ class RouteTracker:
             entries = self.routes.get(key)
             if entries is not None and any(e.same(priority, gateway, False) for e in entries):
                 continue
-            entry = Entry(priority, gateway, False, Route(route.dst, route.gateway))
-            self._put(key, entry, replacing=True)
+            made = Route(route.dst, route.gateway, device=route.device)
+            self._put(key, Entry(priority, gateway, False, made), replacing=True)
 
     def note_outcomes(self, outcomes: Iterable[RouteOutcome]) -> None:
         """Remember which destinations a write of ours failed for (in order: the last
@@ -424,7 +433,7 @@ class RouteTracker:
         for dst in dsts:
             key = (dst.version, dst.network_address.packed, dst.prefixlen)
             for entry in self.routes.get(key, ()):
-                route = _route_of(dst, entry)
+                route = _route_of(dst, entry, self.device_of)
                 if route is not None:
                     out.append(route)
         return out

@@ -62,7 +62,8 @@ log = jsonlog.get_logger(__name__)
 class Reconciler:
     """Keeps a ``RouteTable`` in line with a ``NodeCache``.
 
-    ``node_name``/``machine_id`` identify the own node, which gets no route. Call
+    ``node_name``/``machine_id`` identify the own node, which gets no route; with
+    ``overlay`` (a vxlan device name) routes go through that device (``core.overlay``). Call
     :meth:`run_once` (full) or :meth:`run_changes` (incremental) yourself, or :meth:`run`
     in a thread until ``stop`` is set; :meth:`notify` (subscribe it to the cache) and
     :meth:`notify_kernel` (give it to a route monitor) wake the loop.
@@ -82,9 +83,12 @@ class Reconciler:
         metrics: DaemonMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         range_policy: Callable[[], RangePolicy] | None = None,
+        overlay: str | None = None,
     ) -> None:
         self.cache = cache
         self.table = table
+        # the vxlan device routes go through (OVERLAY=vxlan), else direct routes
+        self.overlay = overlay
         self.node_name = node_name
         self.machine_id = machine_id
         self.resync_interval = resync_interval
@@ -368,7 +372,9 @@ class Reconciler:
         if state is not None and self._generation == view.generation and state.policy == policy:
             return state
         own = find_own(view.facts, name=self.node_name, machine_id=self.machine_id)
-        self._state = DesiredRoutes(view.networks, own=own.name if own else None, policy=policy)
+        self._state = DesiredRoutes(
+            view.networks, own=own.name if own else None, policy=policy, overlay=self.overlay
+        )
         self._generation = view.generation
         wanted = machine_id_key(self.machine_id)
         if not self.node_name and wanted:
