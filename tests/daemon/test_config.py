@@ -223,3 +223,38 @@ def test_a_huge_bad_value_makes_a_short_error() -> None:
     with pytest.raises(ConfigError) as e:
         load(CLUSTER_CIDRS="x" * 300_000)
     assert e.value.name == "CLUSTER_CIDRS" and len(str(e.value)) < 700
+
+
+def test_overlay_and_masquerade_settings() -> None:
+    base = load_config({}, rt_protos={})
+    assert (base.overlay, base.overlay_device, base.masquerade) == ("none", None, False)
+    config = load_config(
+        {
+            "OVERLAY": "vxlan",
+            "PROTOCOL": "205",
+            "MASQUERADE": "true",
+            "NON_MASQUERADE_CIDRS": "192.168.0.0/16, fd00:99::/64",
+        },
+        rt_protos={},
+    )
+    assert (config.overlay_device, config.vni, config.vxlan_port) == ("xcvx205", 205, 8472)
+    assert config.masquerade
+    assert [str(c) for c in config.non_masquerade_cidrs] == ["192.168.0.0/16", "fd00:99::/64"]
+    named = load_config(
+        {"OVERLAY": "vxlan", "VXLAN_ID": "7", "VXLAN_PORT": "4789", "VXLAN_DEVICE": "vx-pods"},
+        rt_protos={},
+    )
+    assert (named.overlay_device, named.vni, named.vxlan_port) == ("vx-pods", 7, 4789)
+    for name, bad in [
+        ("OVERLAY", "geneve"),
+        ("VXLAN_ID", "0"),
+        ("VXLAN_ID", "16777216"),
+        ("VXLAN_PORT", "70000"),
+        ("VXLAN_DEVICE", "a-very-long-device-name"),
+        ("VXLAN_DEVICE", "bad/name"),
+        ("MASQUERADE", "maybe"),
+        ("NON_MASQUERADE_CIDRS", "10.0.0.0/33"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            load_config({name: bad}, rt_protos={})
+        assert e.value.name == name

@@ -44,6 +44,23 @@ def test_mtu_follows_the_address_annotation_for_overlays() -> None:
     assert (mtu, warning) == (1450, None)
 
 
+def test_vxlan_overlay_leaves_room_for_the_encapsulation() -> None:
+    v4 = make_node("n1", internal_ips=["192.168.1.10"])
+    v6 = make_node("n1", internal_ips=["fd00:1::10"])
+    assert service.node_mtu(v4, INTERFACES, address_annotation=None, overlay="vxlan") == (
+        1450,
+        None,
+    )
+    assert service.node_mtu(v6, INTERFACES, address_annotation=None, overlay="vxlan") == (
+        8930,
+        None,
+    )
+    assert service.settings_from_env({"OVERLAY": "VXLAN"}).overlay == "vxlan"
+    assert service.settings_from_env({}).overlay == "none"
+    with pytest.raises(InputError, match="OVERLAY='geneve': use none or vxlan"):
+        service.settings_from_env({"OVERLAY": "geneve"})
+
+
 def test_missing_annotation_names_node_and_key() -> None:
     node = make_node("n1", internal_ips=["192.168.1.10"])
     with pytest.raises(InvalidNode, match=r"node n1: .*example.com/overlay"):

@@ -17,6 +17,7 @@ import attrs
 
 from xcluster_cni_lib.core.errors import InputError, shorten
 from xcluster_cni_lib.core.nodes import LONGEST_POD_CIDR
+from xcluster_cni_lib.core.overlay import DEFAULT_VXLAN_PORT, default_device
 from xcluster_cni_lib.core.protocols import DEFAULT_PROTOCOL, check_protocol
 from xcluster_cni_lib.core.ranges import (
     DEFAULT_MIN_PREFIX_V4,
@@ -56,6 +57,15 @@ SETTINGS: dict[str, str] = {
     "MIN_POD_PREFIX_V6": "shortest IPv6 pod CIDR a node may claim, 1-126 (default 32)",
     "IPAM_SOCKET": "serve the IPAM verbs to the host shim on this Unix socket path "
     "(e.g. /run/xcluster-cni/ipam.sock); empty = off",
+    "OVERLAY": "none (routes via node addresses) or vxlan (the built-in overlay, for nodes "
+    "on different subnets); default none",
+    "VXLAN_ID": "the overlay's VNI, 1-16777215 (default: the route protocol number)",
+    "VXLAN_PORT": f"the overlay's UDP port (default {DEFAULT_VXLAN_PORT})",
+    "VXLAN_DEVICE": "the overlay's device name (default xcvx<protocol>)",
+    "MASQUERADE": "true: traffic from this node's pods to outside every pod CIDR leaves with "
+    "the node's address (nftables); default false",
+    "NON_MASQUERADE_CIDRS": "comma list of destinations pods reach with their own address "
+    "besides the pod CIDRs (both families)",
     "IPAM_NODE_FILE": "where the IPAM server keeps its own Node for restarts without the "
     f"API server (default {DEFAULT_NODE_FILE})",
     "IPAM_CNI_PATH": "directories searched for host-local by served IPAM calls, before the "
@@ -89,6 +99,12 @@ class DaemonConfig:
     min_pod_prefix_v4: int = DEFAULT_MIN_PREFIX_V4
     min_pod_prefix_v6: int = DEFAULT_MIN_PREFIX_V6
     ipam_socket: str | None = None
+    overlay: str = "none"
+    vxlan_id: int | None = None
+    vxlan_port: int = DEFAULT_VXLAN_PORT
+    vxlan_device: str | None = None
+    masquerade: bool = False
+    non_masquerade_cidrs: tuple[IPNetwork, ...] = ()
     ipam_node_file: str = DEFAULT_NODE_FILE
     ipam_cni_path: str = DEFAULT_IPAM_CNI_PATH
     warnings: tuple[str, ...] = attrs.field(default=(), eq=False)
@@ -102,6 +118,17 @@ class DaemonConfig:
             min_prefix_v4=self.min_pod_prefix_v4,
             min_prefix_v6=self.min_pod_prefix_v6,
         )
+
+    @property
+    def overlay_device(self) -> str | None:
+        """The vxlan device routes go through (OVERLAY=vxlan), else None."""
+        if self.overlay != "vxlan":
+            return None
+        return self.vxlan_device or default_device(self.protocol)
+
+    @property
+    def vni(self) -> int:
+        return self.vxlan_id if self.vxlan_id is not None else self.protocol
 
     @property
     def annotations(self) -> Annotations:
@@ -124,6 +151,14 @@ class DaemonConfig:
             "min_pod_prefix_v4": self.min_pod_prefix_v4,
             "min_pod_prefix_v6": self.min_pod_prefix_v6,
             "ipam_socket": self.ipam_socket,
+            "overlay": self.overlay,
+            "vxlan": (
+                f"{self.overlay_device} id {self.vni} port {self.vxlan_port}"
+                if self.overlay == "vxlan"
+                else None
+            ),
+            "masquerade": self.masquerade,
+            "non_masquerade_cidrs": ",".join(map(str, self.non_masquerade_cidrs)) or None,
             "ipam_node_file": self.ipam_node_file if self.ipam_socket else None,
             "ipam_cni_path": self.ipam_cni_path if self.ipam_socket else None,
         }
@@ -206,6 +241,12 @@ def load_config(
         min_pod_prefix_v4=parse_prefix("MIN_POD_PREFIX_V4", get("MIN_POD_PREFIX_V4"), family=4),
         min_pod_prefix_v6=parse_prefix("MIN_POD_PREFIX_V6", get("MIN_POD_PREFIX_V6"), family=6),
         ipam_socket=ipam_socket,
+        overlay=parse_choice("OVERLAY", get("OVERLAY"), ("none", "vxlan")),
+        vxlan_id=parse_int("VXLAN_ID", get("VXLAN_ID"), 1, 0xFFFFFF),
+        vxlan_port=parse_int("VXLAN_PORT", get("VXLAN_PORT"), 1, 65535) or DEFAULT_VXLAN_PORT,
+        vxlan_device=parse_device("VXLAN_DEVICE", get("VXLAN_DEVICE")),
+        masquerade=parse_bool("MASQUERADE", get("MASQUERADE")),
+        non_masquerade_cidrs=parse_cidrs("NON_MASQUERADE_CIDRS", get("NON_MASQUERADE_CIDRS")),
         ipam_node_file=parse_absolute("IPAM_NODE_FILE", get("IPAM_NODE_FILE"), DEFAULT_NODE_FILE),
         ipam_cni_path=parse_search_path(get("IPAM_CNI_PATH")),
         warnings=tuple(warnings),
@@ -316,6 +357,55 @@ def parse_socket_path(value: str | None) -> str | None:
     if os.path.isdir(value):
         raise ConfigError("IPAM_SOCKET", value, "is a directory")
     return value
+
+
+def parse_choice(var: str, value: str | None, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (the first is the default)."""
+    if value is None:
+        return choices[0]
+    if value.lower() not in choices:
+        raise ConfigError(var, value, f"use one of {', '.join(choices)}")
+    return value.lower()
+
+
+def parse_int(var: str, value: str | None, low: int, high: int) -> int | None:
+    """An integer from ``low`` to ``high``; None when unset."""
+    if value is None:
+        return None
+    if not value.isdecimal() or not low <= int(value) <= high:
+        raise ConfigError(var, value, f"must be a number {low}-{high}")
+    return int(value)
+
+
+def parse_bool(var: str, value: str | None) -> bool:
+    """true/false (also yes/no, 1/0, on/off); unset = false."""
+    if value is None:
+        return False
+    lowered = value.lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    raise ConfigError(var, value, "use true or false")
+
+
+def parse_device(var: str, value: str | None) -> str | None:
+    """An interface name: 1-15 bytes, no '/', ':' or white space."""
+    if value is None:
+        return None
+    if len(value.encode()) > 15 or not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+        raise ConfigError(var, value, "not an interface name (1-15 of A-Z a-z 0-9 _ . -)")
+    return value
+
+
+def parse_cidrs(var: str, value: str | None) -> tuple[IPNetwork, ...]:
+    """A comma list of CIDRs of both families; unset = none."""
+    if value is None:
+        return ()
+    try:
+        return parse_cidr_list(value, key=var)
+    except InputError as e:
+        raise ConfigError(var, value, str(e)) from None
 
 
 def parse_absolute(var: str, value: str | None, default: str) -> str:

@@ -156,7 +156,7 @@ class Daemon:
         if table is None:
             from xcluster_cni_lib.kernel.routetable import NetlinkRouteTable
 
-            table = NetlinkRouteTable(config.protocol, netns=netns)
+            table = NetlinkRouteTable(config.protocol, netns=netns, device=config.overlay_device)
         if monitor is None:
             track = getattr(table, "track", None)
             if callable(track):
@@ -181,6 +181,7 @@ class Daemon:
             coalesce=coalesce,
             metrics=self.metrics,
             range_policy=self.host_policy,
+            overlay=config.overlay_device,
         )
         self.cache.subscribe(self.reconciler.notify)
         self.metrics.watch_source(

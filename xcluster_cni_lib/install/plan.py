@@ -45,6 +45,8 @@ class InstallSettings:
 
     ``cluster_cidrs`` (``CLUSTER_CIDRS``) goes into the conflist's IPAM section as
     ``clusterCIDRs``, the kube-node plugin's allow-list (empty: none written).
+    ``overlay`` (``OVERLAY``, the daemon's setting): with ``vxlan`` the detected MTU
+    leaves room for the encapsulation.
     """
 
     node_name: str
@@ -52,6 +54,16 @@ class InstallSettings:
     mtu: int | None = None
     address_annotation: str | None = None
     cluster_cidrs: tuple[IPNetwork, ...] = ()
+    overlay: str = "none"
+
+
+def parse_overlay(name: str, value: str | None) -> str:
+    """``OVERLAY``: ``none`` (default) or ``vxlan``; ``InputError`` names anything else."""
+    if value is None or not value.strip():
+        return "none"
+    if value.strip().lower() not in ("none", "vxlan"):
+        raise InputError(f"{name}={shorten(value)!r}: use none or vxlan")
+    return value.strip().lower()
 
 
 def shim_arch(machine: str) -> str:

@@ -20,6 +20,7 @@ import attrs
 from xcluster_cni_lib.core.errors import InputError
 from xcluster_cni_lib.core.facts import extract_facts
 from xcluster_cni_lib.core.mtu import choose_mtu
+from xcluster_cni_lib.core.overlay import overlay_mtu
 from xcluster_cni_lib.core.values import Annotations, InterfaceAddress
 from xcluster_cni_lib.install import files, plan
 from xcluster_cni_lib.support import jsonlog
@@ -36,6 +37,7 @@ INSTALL_ENV = frozenset(
         "LOG_LEVEL",
         "KUBECONFIG",
         "CLUSTER_CIDRS",
+        "OVERLAY",
     }
 )
 # Where the image keeps what the installer copies (see the Dockerfile).
@@ -214,6 +216,7 @@ def settings_from_env(env: Mapping[str, str], *, mtu: str | None = None) -> plan
         mtu=plan.parse_mtu("MTU", mtu if mtu is not None else env.get("MTU")),
         address_annotation=address_annotation_setting(None, env),
         cluster_cidrs=plan.parse_cluster_cidrs("CLUSTER_CIDRS", env.get("CLUSTER_CIDRS")),
+        overlay=plan.parse_overlay("OVERLAY", env.get("OVERLAY")),
     )
 
 
@@ -223,7 +226,9 @@ def mtu_detector(settings: plan.InstallSettings) -> Callable[[], int]:
 
     def detect() -> int:
         mtu, warning = detect_mtu(
-            settings.node_name, address_annotation=settings.address_annotation
+            settings.node_name,
+            address_annotation=settings.address_annotation,
+            overlay=settings.overlay,
         )
         if warning:
             log.warning(warning, node=settings.node_name)
@@ -237,12 +242,17 @@ def node_mtu(
     interfaces: Iterable[InterfaceAddress],
     *,
     address_annotation: str | None,
+    overlay: str = "none",
 ) -> tuple[int, str | None]:
     """``(mtu, warning)``: the MTU of the interface holding the node's address (the
-    ``address_annotation`` value when configured, else the InternalIP)."""
+    ``address_annotation`` value when configured, else the InternalIP); with the vxlan
+    overlay, less its encapsulation over that address's family (50 bytes IPv4, 70 IPv6)."""
     facts = extract_facts(node, annotations=Annotations(address=address_annotation))
     address = plan.node_address(facts, address_annotation=address_annotation)
-    return choose_mtu(address, interfaces)
+    mtu, warning = choose_mtu(address, interfaces)
+    if overlay == "vxlan":
+        mtu = overlay_mtu(mtu, address.version)
+    return mtu, warning
 
 
 def detect_mtu(
@@ -251,6 +261,7 @@ def detect_mtu(
     address_annotation: str | None,
     kubeconfig: str | None = None,
     netns: str | None = None,
+    overlay: str = "none",
 ) -> tuple[int, str | None]:
     """``node_mtu`` for the Node named ``node_name`` read from the API server, against
     the interfaces of this network namespace (or ``netns``)."""
@@ -263,4 +274,9 @@ def detect_mtu(
     node = kube.get_node(client, node_name)
     if node is None:
         raise InputError(f"node {node_name} does not exist")
-    return node_mtu(node, list_interface_addresses(netns), address_annotation=address_annotation)
+    return node_mtu(
+        node,
+        list_interface_addresses(netns),
+        address_annotation=address_annotation,
+        overlay=overlay,
+    )

@@ -74,6 +74,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     mtu.add_argument("--node", default=None, help="node name [$NODE_NAME]")
     mtu.add_argument("--kubeconfig", default=None, help="kubeconfig [$KUBECONFIG, else in-cluster]")
     mtu.add_argument("--address-annotation", default=None, help="[$ADDRESS_ANNOTATION]")
+    mtu.add_argument(
+        "--overlay",
+        default=None,
+        help="none or vxlan: with vxlan, less the encapsulation (50 bytes over IPv4, 70 over "
+        "IPv6) [$OVERLAY]",
+    )
     mtu.set_defaults(func=run_k8smtu)
 
 
@@ -106,12 +112,16 @@ def run_install(args: argparse.Namespace) -> int:
 
 def run_k8smtu(args: argparse.Namespace) -> int:
     """Print the MTU; a warning (no interface holds the address) goes to stderr."""
-    from xcluster_cni_lib.install import service
+    from xcluster_cni_lib.install import plan, service
 
     mtu, warning = service.detect_mtu(
         args.node or os.environ.get("NODE_NAME", ""),
         address_annotation=service.address_annotation_setting(args.address_annotation, os.environ),
         kubeconfig=args.kubeconfig,
+        overlay=plan.parse_overlay(
+            "--overlay" if args.overlay is not None else "OVERLAY",
+            args.overlay if args.overlay is not None else os.environ.get("OVERLAY"),
+        ),
     )
     if warning:
         print(f"xcluster-cni k8smtu: warning: {warning}", file=sys.stderr)
