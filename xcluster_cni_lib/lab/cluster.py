@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -24,7 +25,7 @@ import attrs
 
 from xcluster_cni_lib.core.addresses import parse_address
 from xcluster_cni_lib.core.values import IPAddress, Route
-from xcluster_cni_lib.lab import topology
+from xcluster_cni_lib.lab import topology, whoami
 from xcluster_cni_lib.lab.cleanup import save_state, shielded, teardown_lab
 from xcluster_cni_lib.lab.connectivity import Matrix, check_connectivity, ping
 from xcluster_cni_lib.lab.daemons import Daemon, start_daemon, stop_daemon
@@ -63,6 +64,7 @@ class Lab:
         self.pods: dict[str, Pod] = {}
         self.daemons: dict[tuple[str, str], Daemon] = {}
         self._namespaces: list[str] = []
+        self._servers: list[subprocess.Popen[str]] = []
         self._lock = threading.RLock()
         self._owner = False
 
@@ -115,6 +117,10 @@ class Lab:
         if not self._owner:
             return
         with shielded():
+            for server in self._servers:
+                server.kill()
+                server.wait()
+            self._servers.clear()
             self._parallel(stop_daemon, list(self.daemons.values()), workers=8)
             self.daemons.clear()
             if self.state_dir.exists():
@@ -442,9 +448,28 @@ class Lab:
         )
 
     def run(self, name: str, argv: Sequence[str], *, check: bool = True) -> str:
-        """Run a command inside a node's or pod's namespace; return its stdout."""
-        ns = self.nodes[name].namespace if name in self.nodes else self.pod(name).netns
-        return run(ns, argv, check=check).stdout
+        """Run a command inside a node's, pod's or (``out``) the outside host's namespace;
+        return its stdout."""
+        return run(self.namespace_of(name), argv, check=check).stdout
+
+    def namespace_of(self, name: str) -> str:
+        """The namespace of a node, a pod, or ``out`` (the outside host)."""
+        if name == "out":
+            if not self.spec.outside:
+                raise LabError("this lab has no outside host (LabSpec(outside=True))")
+            return self.spec.outside_ns
+        return self.nodes[name].namespace if name in self.nodes else self.pod(name).netns
+
+    def serve_whoami(self, name: str) -> None:
+        """Start the "who am I" UDP server (``lab.whoami``) in a node, pod or ``out``."""
+        proc = whoami.start_server(self.namespace_of(name))
+        with self._lock:
+            self._servers.append(proc)
+
+    def whoami(self, src: str, address: IPAddress | str, *, deadline: float = 3.0) -> str | None:
+        """The source address the "who am I" server at ``address`` saw when ``src`` (a
+        node, pod or ``out``) asked it; None when it did not answer."""
+        return whoami.ask(self.namespace_of(src), address, deadline=deadline)
 
     def names(self) -> list[str]:
         """Node names in order."""

@@ -26,6 +26,16 @@ DAEMON_ENV = (
     "RESYNC_INTERVAL",
     "HTTP_ADDRESS",
     "KUBECONFIG",
+    "CLUSTER_CIDRS",
+    "OVERLAY",
+    "VXLAN_ID",
+    "VXLAN_PORT",
+    "VXLAN_DEVICE",
+    "MASQUERADE",
+    "NON_MASQUERADE_CIDRS",
+    "IPAM_SOCKET",
+    "IPAM_NODE_FILE",
+    "IPAM_CNI_PATH",
 )
 
 
@@ -68,6 +78,10 @@ def daemon_env(
         env["CIDR_ANNOTATION"] = net.cidr_annotation
     if net.address_annotation:
         env["ADDRESS_ANNOTATION"] = net.address_annotation
+    if net.overlay != "none":
+        env["OVERLAY"] = net.overlay
+    if net.masquerade:
+        env["MASQUERADE"] = "true"
     env.update(extra)
     return env
 

@@ -17,7 +17,8 @@ from xcluster_cni_lib.lab.spec import LabError, NetworkSpec
 
 
 def kernel_routes(ns: str, protocol: int) -> frozenset[Route]:
-    """The routes of one protocol in a namespace's main table, both families."""
+    """The routes of one protocol in a namespace's main table, both families (an
+    on-link route carries its device: the overlay's)."""
     routes: set[Route] = set()
     for family in ("-4", "-6"):
         for entry in ip_json(
@@ -27,19 +28,41 @@ def kernel_routes(ns: str, protocol: int) -> frozenset[Route]:
             if isinstance(dst, str) and isinstance(gw, str) and dst != "default":
                 if "/" not in dst:
                     dst += "/32" if family == "-4" else "/128"
-                routes.add(Route(dst=parse_cidr(dst), gateway=parse_address(gw)))
+                onlink = "onlink" in entry.get("flags", [])
+                device = entry.get("dev") if onlink and isinstance(entry.get("dev"), str) else None
+                routes.add(Route(dst=parse_cidr(dst), gateway=parse_address(gw), device=device))
     return frozenset(routes)
+
+
+def overlay_device(net: NetworkSpec) -> str:
+    """The vxlan device of a network's daemon (the daemon's default name)."""
+    return f"xcvx{net.protocol}"
 
 
 def expected_routes(nodes: Iterable[LabNode], me: str, net: NetworkSpec) -> frozenset[Route]:
     """For every present node but ``me``: one route per family from its published pod
-    CIDR to its published address of the same family on ``net``."""
+    CIDR to its published address of the same family on ``net``. With the vxlan
+    overlay, via the network address of that CIDR on the overlay device (when the node
+    has an address of ``me``'s underlay family: IPv4 if ``me`` has one). On a routed
+    network without the overlay: none (no other node's address is on-link)."""
+    nodes = list(nodes)
+    mine = next((n for n in nodes if n.name == me), None)
+    underlay = 4
+    if mine is not None and not any(a.version == 4 for a in published(mine, net)[1]):
+        underlay = 6
     routes = set()
     for node in nodes:
         if node.name == me or not node.present:
             continue
         cidrs, addresses = published(node, net)
         for cidr in cidrs:
+            if net.overlay == "vxlan":
+                if any(a.version == underlay for a in addresses):
+                    gateway = cidr.network_address
+                    routes.add(Route(cidr, gateway, node=node.name, device=overlay_device(net)))
+                continue
+            if net.routed:
+                continue
             gw = next((a for a in addresses if a.version == cidr.version), None)
             if gw is not None:
                 routes.add(Route(dst=cidr, gateway=gw, node=node.name))

@@ -24,6 +24,10 @@ from xcluster_cni_lib.core.errors import XclusterError
 from xcluster_cni_lib.core.values import Annotations, IPAddress, IPNetwork
 
 DEFAULT_STATE_ROOT = Path("/run/xcluster-cni/lab")
+# routed networks: each node's own subnet, cut from the network's node range
+ROUTED_PREFIX = {4: 28, 6: 112}
+# the "outside" host behind the lab's router (documentation ranges): router, host
+OUTSIDE_SUBNETS = ("203.0.113.0/24", "2001:db8:1::/64")
 DEFAULT_PREFIX = "xcl"
 
 _NAME = re.compile(r"^[a-z][a-z0-9]{0,7}$")
@@ -86,6 +90,10 @@ class NetworkSpec:
     address_annotation: str | None = None
     http_port: int = 9202  # the daemon's HTTP_ADDRESS port (127.0.0.1 in the node)
     mtu: int | None = None  # the bridge plugin's ``mtu`` (pod and bridge MTU)
+    # nodes on separate subnets behind the lab's router, instead of one segment
+    routed: bool = False
+    overlay: str = "none"  # the daemon's OVERLAY
+    masquerade: bool = False  # the daemon's MASQUERADE
 
     @property
     def annotations(self) -> Annotations:
@@ -93,14 +101,38 @@ class NetworkSpec:
         return Annotations(cidr=self.cidr_annotation, address=self.address_annotation)
 
     def node_address(self, index: int, family: int) -> IPAddress:
-        """Node ``index``'s address of one family on this network's segment."""
+        """Node ``index``'s address of one family on this network's segment (routed: the
+        second address of its own subnet, the router having the first)."""
+        if self.routed:
+            return self.node_segment(index, family).network_address + 2
         net = self.node_subnet(family)
         if not 0 < index < net.num_addresses - 1:
             raise LabError(f"network {self.name}: node number {index} does not fit {net}")
         return net.network_address + index
 
     def node_subnet(self, family: int) -> IPNetwork:
+        """The network's node range: one segment, or (routed) the range the nodes'
+        subnets are cut from."""
         return ipaddress.ip_network(self.node_subnets[0 if family == 4 else 1])
+
+    def node_segment(self, index: int, family: int) -> IPNetwork:
+        """The subnet node ``index`` is on: the shared segment, or (routed) its own /28
+        (IPv4) or /112 (IPv6) of the node range."""
+        base = self.node_subnet(family)
+        if not self.routed:
+            return base
+        prefix = ROUTED_PREFIX[family]
+        size = 2 ** (base.max_prefixlen - prefix)
+        if not 0 < index < 2 ** (prefix - base.prefixlen):
+            raise LabError(f"network {self.name}: routed node number {index} does not fit {base}")
+        return ipaddress.ip_network((int(base.network_address) + index * size, prefix))
+
+    def router_address(self, index: int, family: int) -> IPAddress:
+        """The lab router's address on node ``index``'s segment (its default gateway)."""
+        segment = self.node_segment(index, family)
+        if self.routed:
+            return segment.network_address + 1
+        return segment.broadcast_address - 1
 
     def node_cidr(self, index: int, family: int) -> IPNetwork:
         """Node ``index``'s pod CIDR of one family: subnet ``index`` of the pod range."""
@@ -160,6 +192,9 @@ class LabSpec:
     log_level: str = "debug"
     resync_interval: float = 60.0
     cni_version: str = "1.0.0"
+    # a host outside the cluster (namespace ``out``, OUTSIDE_SUBNETS) behind the lab's
+    # router, which then also routes the nodes' default traffic
+    outside: bool = False
 
     @nodes.validator
     def _check_nodes(self, _attr: object, value: int) -> None:
@@ -192,6 +227,20 @@ class LabSpec:
     @property
     def switch_ns(self) -> str:
         return self.namespace("switch")
+
+    @property
+    def outside_ns(self) -> str:
+        return self.namespace("out")
+
+    @property
+    def has_router(self) -> bool:
+        """The switch namespace also routes: a routed network or an outside host."""
+        return self.outside or any(n.routed for n in self.networks)
+
+    def outside_address(self, family: int, *, router: bool = False) -> IPAddress:
+        """The outside host's address of one family (``router``: the router's side)."""
+        net = ipaddress.ip_network(OUTSIDE_SUBNETS[0 if family == 4 else 1])
+        return net.network_address + (1 if router else 10)
 
     def network(self, name: str) -> NetworkSpec:
         for net in self.networks:
