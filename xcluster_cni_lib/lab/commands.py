@@ -18,7 +18,14 @@ from xcluster_cni_lib.lab.cleanup import (
 )
 from xcluster_cni_lib.lab.cluster import Lab
 from xcluster_cni_lib.lab.demo import run_demo
-from xcluster_cni_lib.lab.spec import DEFAULT_PREFIX, DEFAULT_STATE_ROOT, MAIN, SECONDARY, LabSpec
+from xcluster_cni_lib.lab.spec import (
+    DEFAULT_PREFIX,
+    DEFAULT_STATE_ROOT,
+    MAIN,
+    SECONDARY,
+    LabError,
+    LabSpec,
+)
 
 
 def command_spec(
@@ -30,17 +37,34 @@ def command_spec(
     lab_id: str | None = None,
     prefix: str = DEFAULT_PREFIX,
     state_root: str | Path = DEFAULT_STATE_ROOT,
+    routed: bool = False,
+    overlay: str = "none",
+    masquerade: bool = False,
+    outside: bool = False,
 ) -> LabSpec:
     """The spec of ``lab up``/``lab demo``: the main network, and the secondary one
-    unless ``secondary`` is false; a random id unless ``lab_id``. ``LabError`` names a
-    bad value."""
+    unless ``secondary`` is false; a random id unless ``lab_id``. ``routed`` puts every
+    node of the main network on its own subnet behind the lab's router; ``overlay`` and
+    ``masquerade`` are the main network's daemon settings (the vxlan overlay's pods get
+    MTU 1450); ``outside`` (implied by ``masquerade``) adds the outside host.
+    ``LabError`` names a bad value."""
+    if overlay not in ("none", "vxlan"):
+        raise LabError(f"overlay must be none or vxlan, not {overlay!r}")
+    main = attrs.evolve(
+        MAIN,
+        routed=routed,
+        overlay=overlay,
+        masquerade=masquerade,
+        mtu=1450 if overlay == "vxlan" else MAIN.mtu,
+    )
     spec = LabSpec(
         nodes=nodes,
         pods_per_node=pods,
-        networks=(MAIN, SECONDARY) if secondary else (MAIN,),
+        networks=(main, SECONDARY) if secondary else (main,),
         prefix=prefix,
         state_root=Path(state_root),
         ipam=ipam,
+        outside=outside or masquerade,
     )
     return spec if lab_id is None else attrs.evolve(spec, lab_id=lab_id)
 

@@ -85,6 +85,8 @@ def run_demo(out: TextIO, *, spec: LabSpec | None = None) -> int:
             for r in matrix.failures:
                 say(f"    FAIL {r.src} -> {r.dst} {r.network} IPv{r.family} ({r.address})")
             failed |= not matrix.ok
+            if spec.outside:
+                failed |= show_egress(lab, say)
             say("\n[5] tearing down")
     except LabError as e:
         say(f"\nFAILED: {e}")
@@ -99,6 +101,26 @@ def run_demo(out: TextIO, *, spec: LabSpec | None = None) -> int:
     verdict = "FAILED" if failed else "OK"
     say(f"\n{verdict}: demo finished in {_since(started)}, {len(leftovers)} namespaces left")
     return 1 if failed else 0
+
+
+def show_egress(lab: Lab, say: Callable[..., None]) -> bool:
+    """Ask the outside host who it sees from the first pod, per family; True when that
+    is not what the main network's masquerade setting calls for."""
+    lab.serve_whoami("out")
+    pod = next(iter(lab.pods.values()))
+    masquerade = lab.spec.main.masquerade
+    say(f"\n[4b] egress from {pod.name} to the outside host (masquerade {masquerade}):")
+    failed = False
+    for family in (4, 6):
+        outside = lab.spec.outside_address(family)
+        seen = lab.whoami(pod.name, outside, deadline=3.0 if masquerade else 1.0)
+        node_address = str(lab.node(pod.node).address(lab.spec.main.name, family))
+        want = node_address if masquerade else None
+        verdict = "OK" if seen == want else "FAIL"
+        failed |= seen != want
+        what = f"sees {seen}" if seen else "no answer (it has no route to pod CIDRs)"
+        say(f"    {verdict} IPv{family} {outside}: {what}")
+    return failed
 
 
 def _crosses(lab: Lab, result: PingResult, node: str) -> bool:

@@ -54,6 +54,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             default="kube-node",
             help="the pods' IPAM plugin [kube-node]",
         )
+        p.add_argument(
+            "--routed",
+            action="store_true",
+            help="put every node on its own subnet behind a router (main network)",
+        )
+        p.add_argument(
+            "--overlay",
+            choices=("none", "vxlan"),
+            default="none",
+            help="the main network's OVERLAY (vxlan: the built-in overlay) [none]",
+        )
+        p.add_argument(
+            "--masquerade",
+            action="store_true",
+            help="MASQUERADE=true on the main network (adds the outside host)",
+        )
+        p.add_argument(
+            "--outside",
+            action="store_true",
+            help="an outside host (203.0.113.10, 2001:db8:1::10) behind the lab's router",
+        )
 
     up = verbs.add_parser("up", help="build a lab and leave it running")
     common(up, default_id="lab")
@@ -87,6 +108,10 @@ def _spec(args: argparse.Namespace) -> LabSpec:
         lab_id=args.id or None,
         prefix=args.prefix,
         state_root=args.state_root,
+        routed=args.routed,
+        overlay=args.overlay,
+        masquerade=args.masquerade,
+        outside=args.outside,
     )
 
 
