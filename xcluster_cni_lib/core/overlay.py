@@ -15,6 +15,17 @@ the same way from what it already sees of the others (no extra API objects, no R
   address bytes.
 - **MTU**: the underlay interface's MTU less the encapsulation (50 bytes over IPv4, 70
   over IPv6).
+
+Planning (``DesiredOverlay``, kept up to date node by node by the overlay reconciler):
+the own node's underlay address gives the device (``VxlanDevice``: name, VNI, port,
+local address, MAC; the kernel side finds the interface holding the address and its
+MTU). Every other node is a ``Peer`` with one permanent neighbour entry per VTEP
+address (-> its VTEP MAC) and one permanent FDB entry (its VTEP MAC -> its underlay
+address), both on the device. Named ``Problem``s instead of entries: a node without an
+address of the underlay family; a node whose underlay address is the own node's or
+another node's (one MAC for two nodes), or whose VTEP address another node also has
+(overlapping pod CIDRs with the same network address) -- then all of them are skipped
+until the clash ends.
 """
 
 from __future__ import annotations

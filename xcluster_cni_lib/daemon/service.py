@@ -26,6 +26,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from xcluster_cni_lib.core.overlay import default_device
 from xcluster_cni_lib.core.ports import KernelMonitor, NodeSource, RouteTable
 from xcluster_cni_lib.core.ranges import RangePolicy, host_view
 from xcluster_cni_lib.core.values import IPAddress, IPNetwork
@@ -39,6 +40,8 @@ from xcluster_cni_lib.sync.reconciler import Reconciler
 
 if TYPE_CHECKING:
     from xcluster_cni_lib.daemon.ipamserver import IpamServer
+    from xcluster_cni_lib.kernel.vxlan import VxlanKernel
+    from xcluster_cni_lib.sync.overlay import OverlayReconciler
 
 log = jsonlog.get_logger(__name__)
 
@@ -153,6 +156,8 @@ class Daemon:
         self.cache = NodeCache(policy=config.range_policy)
         self.source = source if source is not None else make_source(config)
         own_table = table is None
+        # the kernel the daemon owns: None = this namespace, a name, False = injected
+        self._kernel_netns: str | bool | None = netns if (own_table or netns) else False
         if table is None:
             from xcluster_cni_lib.kernel.routetable import NetlinkRouteTable
 
@@ -199,6 +204,10 @@ class Daemon:
                 metrics=self.metrics.render,
                 warnings=self.warnings,
             )
+        self.overlay: OverlayReconciler | None = None
+        self._overlay_kernel: VxlanKernel | None = None
+        if config.overlay_device is not None and (own_table or netns is not None):
+            self._make_overlay(config, netns, machine_id)
         self.ipam: IpamServer | None = None
         self.own_node: OwnNode | NodesFileOwnNode | None = None
         self.own_node_source: NodeSource | None = None
@@ -213,6 +222,24 @@ class Daemon:
                 cni_path=config.ipam_cni_path,
             )
         self._threads: list[threading.Thread] = []
+
+    def _make_overlay(self, config: DaemonConfig, netns: str | None, mid: str | None) -> None:
+        from xcluster_cni_lib.core.overlay import OverlaySettings
+        from xcluster_cni_lib.kernel.vxlan import VxlanKernel
+        from xcluster_cni_lib.sync.overlay import OverlayMetrics, OverlayReconciler
+
+        assert config.overlay_device is not None
+        self._overlay_kernel = VxlanKernel(netns)
+        self.overlay = OverlayReconciler(
+            self.cache,
+            self._overlay_kernel,
+            settings=OverlaySettings(config.overlay_device, config.vni, config.vxlan_port),
+            node_name=config.node_name,
+            machine_id=mid,
+            metrics=OverlayMetrics(self.metrics.registry),
+            resync_interval=config.resync_interval,
+        )
+        self.cache.subscribe(self.overlay.notify)
 
     # -- checks ----------------------------------------------------------------------------
 
@@ -264,6 +291,17 @@ class Daemon:
             log.warning(warning)
         if self.ipam is not None:  # first: a socket it cannot take fails the start cleanly
             self.ipam.start()
+        overlay, vxlan = self.overlay, self._overlay_kernel
+        if overlay is not None and vxlan is not None:
+            self._spawn("overlay", lambda: overlay.run(self.stop_event))
+            vx_monitor = vxlan.monitor
+            if vx_monitor is not None:
+                self._spawn(
+                    "overlay-monitor",
+                    lambda: vx_monitor.run(overlay.notify_kernel, self.stop_event),
+                )
+        elif self._kernel_netns is not False:
+            self._remove_overlay_device()
         own_source, own_node = self.own_node_source, self.own_node
         if own_source is not None and isinstance(own_node, OwnNode):
             self._spawn("own-node", lambda: own_source.run(own_node, self.stop_event))
@@ -277,6 +315,24 @@ class Daemon:
         if self.http is not None:
             self.http.start()
             log.info("http listening", address=format_address(self.http.address))
+
+    def _remove_overlay_device(self) -> None:
+        """OVERLAY=none: the device an earlier run with the overlay made goes (and with it
+        its neighbour and FDB entries); its routes are replaced by direct ones."""
+        from xcluster_cni_lib.kernel.vxlan import VxlanKernel
+
+        config = self.config
+        name = config.vxlan_device or default_device(config.protocol)
+        netns = self._kernel_netns if isinstance(self._kernel_netns, str) else None
+        try:
+            kernel = VxlanKernel(netns, monitor=False)
+            try:
+                if kernel.delete_device(name):
+                    log.info("overlay off: vxlan device removed", device=name)
+            finally:
+                kernel.close()
+        except Exception as e:  # never stops routing
+            log.warning("overlay off: vxlan device not removed", device=name, error=str(e))
 
     def _run_reconciler(self) -> None:
         self.reconciler.run(self.stop_event)
@@ -318,7 +374,12 @@ class Daemon:
         for t in self._threads:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
         stuck = [t.name for t in self._threads if t.is_alive()]
-        for name, thing in (("reconciler", self.table), ("monitor", self.monitor)):
+        things: tuple[tuple[str, object], ...] = (
+            ("reconciler", self.table),
+            ("monitor", self.monitor),
+            ("overlay-monitor", self._overlay_kernel),
+        )
+        for name, thing in things:
             close = getattr(thing, "close", None)
             if callable(close) and name not in stuck:
                 close()
