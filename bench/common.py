@@ -287,6 +287,71 @@ class RouteMonitor:
             return len(self.present)
 
 
+class NeighMonitor:
+    """Follows neighbour and FDB entries of one device with ``ip -ts monitor neigh``: both
+    print as ``<address> dev <dev> lladdr <mac> ...`` (an FDB entry's address is its
+    destination), so a caller that knows the address and MAC it waits for can tell them
+    apart. ``wait(want, timeout)``: every (address, mac) -> present (True) or absent."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.present: set[tuple[str, str]] = set()
+        self.changed_at: dict[tuple[str, str], float] = {}
+        self._cond = threading.Condition()
+        self._proc: subprocess.Popen[str] | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> NeighMonitor:
+        self._proc = subprocess.Popen(
+            ["ip", "-rcvbuf", str(1 << 24), "-ts", "monitor", "neigh"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            preexec_fn=die_with_parent,
+        )
+        self._thread = threading.Thread(target=self._read, name="neigh-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(5)
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            m = _TS.match(line.strip())
+            if m is None:
+                continue
+            words = m.group(3).split()
+            deleted = bool(words) and words[0] == "Deleted"
+            words = words[1:] if deleted else words
+            if "dev" not in words or words[words.index("dev") + 1] != self.device:
+                continue
+            if "lladdr" not in words:
+                continue
+            key = (_canonical(words[0]), words[words.index("lladdr") + 1])
+            stamp = time.mktime(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S"))
+            stamp += int(m.group(2)) / 1e6
+            with self._cond:
+                if deleted:
+                    self.present.discard(key)
+                else:
+                    self.present.add(key)
+                self.changed_at[key] = stamp
+                self._cond.notify_all()
+
+    def wait(self, want: dict[tuple[str, str], bool], timeout: float) -> float | None:
+        """The unix time the last of ``want`` changed as wanted; None on timeout."""
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: all((k in self.present) == v for k, v in want.items()), timeout
+            )
+            return max(self.changed_at.get(k, 0.0) for k in want) if ok and want else None
+
+
 def count_routes(protocol: int) -> int:
     """How many routes of ``protocol`` the current namespace's main table holds."""
     total = 0

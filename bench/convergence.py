@@ -29,7 +29,15 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable as a p
 from bench.common import RESULTS, Json, progress, run_in_netns
 
 
-def measure(*, nodes: int, changes: int, routes: int, storm: float = 0.0, repeats: int = 5) -> Json:
+def measure(
+    *,
+    nodes: int,
+    changes: int,
+    routes: int,
+    storm: float = 0.0,
+    repeats: int = 5,
+    overlay: bool = False,
+) -> Json:
     """Run the three scenarios; their results under ``daemon``, ``idle``, ``install``."""
     from bench.route_install import measure as measure_install
 
@@ -45,6 +53,7 @@ def measure(*, nodes: int, changes: int, routes: int, storm: float = 0.0, repeat
         "client_model": False,
         "idle_seconds": 1.0,
         "log_dir": str(RESULTS),
+        "overlay": overlay,
     }
     daemon = run_in_netns("daemon_bench", params, timeout=1800)
     daemon.pop("series", None)
@@ -108,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storm", type=float, default=0.0, help="seconds of heartbeats")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--overlay",
+        action="store_true",
+        help="OVERLAY=vxlan: a change converges when its routes and its neighbour and FDB "
+        "entries are in place",
+    )
     args = parser.parse_args(argv)
     out = measure(
         nodes=args.nodes,
@@ -115,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         routes=args.routes,
         storm=args.storm,
         repeats=args.repeats,
+        overlay=args.overlay,
     )
     print(format_summary(out))
     if args.json:

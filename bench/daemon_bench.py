@@ -24,6 +24,8 @@ Phases, in one daemon lifetime:
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import random
 import subprocess
@@ -35,6 +37,7 @@ from typing import Any
 
 from bench.common import (
     Json,
+    NeighMonitor,
     RawWatch,
     RouteMonitor,
     Sampler,
@@ -53,6 +56,7 @@ from bench.common import (
     wait_until,
 )
 from bench.nodes import addresses_of, make_nodes, routes_of, with_new_addresses
+from xcluster_cni_lib.core.overlay import vtep_mac
 
 PROTOCOL = 202
 OPS_METRIC = "xcluster_route_operations_total"
@@ -105,6 +109,20 @@ print(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
 """
 
 
+def _overlay_routes(node: Any) -> dict[str, str]:
+    """The overlay's routes to ``node``: each pod CIDR via its network address (the VTEP)."""
+    return {dst: str(ipaddress.ip_network(dst).network_address) for dst in routes_of(node)}
+
+
+def _overlay_entries(node: Any) -> list[tuple[str, str]]:
+    """(address, MAC) of ``node``'s FDB entry (its IPv4 underlay address) and neighbour
+    entries (its VTEP addresses) on the overlay device."""
+    underlay = next(a for a in addresses_of(node) if ":" not in a)
+    mac = vtep_mac(ipaddress.ip_address(underlay))
+    vteps = [str(ipaddress.ip_network(dst).network_address) for dst in routes_of(node)]
+    return [(underlay, mac), *((v, mac) for v in vteps)]
+
+
 def import_baseline() -> Json:
     """RSS (KiB) of a Python process holding the daemon's modules, without and with
     ``kube.py`` (the ``kubernetes`` client): the part of the daemon's RSS that no node
@@ -124,6 +142,8 @@ def run(params: Json) -> Json:
     rate: float = params.get("rate", 500.0)
     churn_events: int = params.get("churn_events", 0)
     client_model: bool = params.get("client_model", False)
+    overlay: bool = params.get("overlay", False)  # OVERLAY=vxlan: routes and entries
+    route_targets = _overlay_routes if overlay else routes_of
     log_dir = Path(params.get("log_dir") or tempfile.gettempdir())
     rng = random.Random(7)
     result: Json = {"nodes": n, "changes": changes, **import_baseline()}
@@ -152,7 +172,7 @@ def run(params: Json) -> Json:
         http = f"127.0.0.1:{free_port()}"
         want: dict[str, str | None] = {}
         for node in existing[1:]:
-            want.update(routes_of(node))
+            want.update(route_targets(node))
         env = {
             "NODE_NAME": own["metadata"]["name"],
             "PROTOCOL": str(PROTOCOL),
@@ -160,6 +180,8 @@ def run(params: Json) -> Json:
             "HTTP_ADDRESS": http,
             "LOG_LEVEL": "error",
         }
+        if overlay:
+            env["OVERLAY"] = "vxlan"
         if params.get("resync_interval"):
             env["RESYNC_INTERVAL"] = str(params["resync_interval"])
         log_path = log_dir / f"daemon-{n}.log"
@@ -199,7 +221,8 @@ def run(params: Json) -> Json:
             latencies: dict[str, list[float]] = {"add": [], "address": [], "delete": []}
             delivery: list[float] = []
             watch = RawWatch(double.url, double.resource_version)
-            with watch:
+            neigh = NeighMonitor(f"xcvx{PROTOCOL}") if overlay else None
+            with watch, neigh or contextlib.nullcontext():
                 removable = [node for node in existing[1:]]
                 rng.shuffle(removable)
                 movable = list(removable[len(removable) // 2 :])
@@ -208,23 +231,31 @@ def run(params: Json) -> Json:
                 for k in range(changes):
                     kind = kinds[k % 3]
                     time.sleep(rng.uniform(0.15, 0.25))  # beyond the 0.1 s coalescing window
+                    entries: dict[tuple[str, str], bool] = {}
                     if kind == "add":
                         node = spare.pop()
-                        target: dict[str, str | None] = dict(routes_of(node))
+                        target: dict[str, str | None] = dict(route_targets(node))
+                        entries = dict.fromkeys(_overlay_entries(node), True)
                         t0 = time.time()
                         double.add_node(node)
                     elif kind == "address":
                         node = movable.pop()
                         moved = with_new_addresses(node, moved_shift)
-                        target = dict(routes_of(moved))
+                        target = dict(route_targets(moved))
+                        entries = dict.fromkeys(_overlay_entries(node), False)
+                        entries.update(dict.fromkeys(_overlay_entries(moved), True))
                         t0 = time.time()
                         double.update_node(moved)
                     else:
                         node = removable.pop()
-                        target = {dst: None for dst in routes_of(node)}
+                        target = {dst: None for dst in route_targets(node)}
+                        entries = dict.fromkeys(_overlay_entries(node), False)
                         t0 = time.time()
                         double.delete_node(node["metadata"]["name"])
                     done = monitor.wait_routes(target, timeout=10)
+                    if neigh is not None and done is not None:  # and the overlay's entries
+                        entries_done = neigh.wait(entries, timeout=10)
+                        done = None if entries_done is None else max(done, entries_done)
                     event = {"add": "ADDED", "address": "MODIFIED", "delete": "DELETED"}[kind]
                     arrived = watch.wait(event, node["metadata"]["name"], timeout=5)
                     if arrived is not None:
