@@ -69,7 +69,7 @@ RUN site=$(/opt/xcluster-cni/venv/bin/python -c 'import sysconfig; print(sysconf
 
 FROM ${BASE_IMAGE}
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 nftables \
  && apt-get clean && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/xcluster-cni /opt/xcluster-cni
 COPY --from=shims /opt/xcluster-cni/shim /opt/xcluster-cni/shim

@@ -8,6 +8,8 @@ DEB_PACKAGES := containernetworking-plugins iproute2 iputils-ping
 DEB_PACKAGES += gcc libc6-dev podman runc debootstrap
 # `make plugins`: the static host shim for arm64 (cross compiler) and its test under qemu
 DEB_PACKAGES += gcc-aarch64-linux-gnu qemu-user-static
+# egress masquerade (kernel/nftables.py, tests/masquerade, bench/masquerade_sets.py): nft
+DEB_PACKAGES += nftables
 STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint typecheck pytest bench bench-quick soak mutation clean image plugins

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from xcluster_cni_lib.core.masquerade import delete_document
 from xcluster_cni_lib.core.overlay import default_device
 from xcluster_cni_lib.core.ports import KernelMonitor, NodeSource, RouteTable
 from xcluster_cni_lib.core.ranges import RangePolicy, host_view
@@ -40,7 +41,9 @@ from xcluster_cni_lib.sync.reconciler import Reconciler
 
 if TYPE_CHECKING:
     from xcluster_cni_lib.daemon.ipamserver import IpamServer
+    from xcluster_cni_lib.kernel.nftables import Nft, NftMonitor
     from xcluster_cni_lib.kernel.vxlan import VxlanKernel
+    from xcluster_cni_lib.sync.masquerade import MasqueradeReconciler
     from xcluster_cni_lib.sync.overlay import OverlayReconciler
 
 log = jsonlog.get_logger(__name__)
@@ -208,6 +211,11 @@ class Daemon:
         self._overlay_kernel: VxlanKernel | None = None
         if config.overlay_device is not None and (own_table or netns is not None):
             self._make_overlay(config, netns, machine_id)
+        self.masquerade: MasqueradeReconciler | None = None
+        self._nft: Nft | None = None
+        self._nft_monitor: NftMonitor | None = None
+        if config.masquerade and (own_table or netns is not None):
+            self._make_masquerade(config, netns, machine_id)
         self.ipam: IpamServer | None = None
         self.own_node: OwnNode | NodesFileOwnNode | None = None
         self.own_node_source: NodeSource | None = None
@@ -241,6 +249,43 @@ class Daemon:
         )
         self.cache.subscribe(self.overlay.notify)
 
+    def _make_masquerade(self, config: DaemonConfig, netns: str | None, mid: str | None) -> None:
+        from xcluster_cni_lib.kernel.nftables import Nft, NftMonitor
+        from xcluster_cni_lib.sync.masquerade import MasqueradeReconciler
+
+        # one Nft for the reconciler and the monitor: the monitor then knows the events of
+        # the reconciler's own updates and does not take them for tampering
+        self._nft = Nft(netns=netns)
+        self.masquerade = MasqueradeReconciler(
+            self.cache,
+            self._nft,
+            node_name=config.node_name,
+            machine_id=mid,
+            non_masquerade=config.non_masquerade_cidrs,
+            protocol=config.protocol,
+            resync_interval=config.resync_interval,
+            metrics=self.metrics,
+        )
+        self._nft_monitor = NftMonitor(self.masquerade.table, nft=self._nft)
+        self.cache.subscribe(self.masquerade.notify)
+
+    def _remove_masquerade_table(self) -> None:
+        """MASQUERADE=false: the table an earlier run with masquerading made goes."""
+        from xcluster_cni_lib.core.masquerade import table_name
+        from xcluster_cni_lib.kernel.nftables import Nft, NftError
+
+        netns = self._kernel_netns if isinstance(self._kernel_netns, str) else None
+        table = table_name(self.config.protocol)
+        nft = Nft(netns=netns)
+        try:
+            if nft.read_table(table) is not None:
+                nft.apply(delete_document(table))
+                log.info("masquerade off: nftables table removed", table=table)
+        except NftError as e:  # e.g. no nft here: nothing of ours can be there either
+            log.debug("masquerade off: table not checked", table=table, error=str(e))
+        finally:
+            nft.close()
+
     # -- checks ----------------------------------------------------------------------------
 
     def healthz(self) -> list[str]:
@@ -263,6 +308,10 @@ class Daemon:
         if not self.cache.healthy:
             reason = self.cache.health_reason
             out.append(f"node source unhealthy: {reason}" if reason else "node source unhealthy")
+        for name, part in (("overlay", self.overlay), ("masquerade", self.masquerade)):
+            if part is not None and not part.ready:
+                why = "; ".join(str(p) for p in part.problems[:3]) or "no successful sync yet"
+                out.append(f"{name} not ready: {why}")
         if not self.reconciler.first_sync_done:
             out.append("no successful sync yet")
         elif self.reconciler.failed_syncs:
@@ -302,6 +351,15 @@ class Daemon:
                 )
         elif self._kernel_netns is not False:
             self._remove_overlay_device()
+        masquerade, nft_monitor = self.masquerade, self._nft_monitor
+        if masquerade is not None and nft_monitor is not None:
+            self._spawn("masquerade", lambda: masquerade.run(self.stop_event))
+            self._spawn(
+                "masquerade-monitor",
+                lambda: nft_monitor.run(masquerade.notify_kernel, self.stop_event),
+            )
+        elif self._kernel_netns is not False:
+            self._remove_masquerade_table()
         own_source, own_node = self.own_node_source, self.own_node
         if own_source is not None and isinstance(own_node, OwnNode):
             self._spawn("own-node", lambda: own_source.run(own_node, self.stop_event))
@@ -378,6 +436,8 @@ class Daemon:
             ("reconciler", self.table),
             ("monitor", self.monitor),
             ("overlay-monitor", self._overlay_kernel),
+            ("masquerade-monitor", self._nft_monitor),
+            ("masquerade", self._nft),
         )
         for name, thing in things:
             close = getattr(thing, "close", None)
