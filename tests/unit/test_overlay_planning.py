@@ -54,3 +54,13 @@ def test_vtep_mac_derivation() -> None:
     assert mac.startswith("0e:06:") and len(mac) == 17
     first = int(mac[:2], 16)
     assert first & 0x02 and not first & 0x01  # locally administered, unicast
+
+
+def test_a_missing_own_node_keeps_the_overlay_routes() -> None:
+    """Deleted (or not yet listed), the own node's underlay family is unknown: the routes
+    stay planned for IPv4 while any node has an IPv4 address, instead of going away."""
+    routes, _ = desired_routes(NODES[1:], own="a", overlay="xcvx202")
+    assert {r.dst for r in routes} == {net("10.244.1.0/24"), net("fd00:10:244:1::/64")}
+    v6_only = [node("x", ("10.244.9.0/24",), ("fd00:9::1",))]
+    routes, _ = desired_routes(v6_only, own="a", overlay="xcvx202")
+    assert [r.gateway for r in routes] == [addr("10.244.9.0")]

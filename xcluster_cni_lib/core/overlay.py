@@ -76,6 +76,20 @@ def underlay_family(own: NodeNetwork | None) -> int | None:
     return None
 
 
+def route_underlay_family(own: NodeNetwork | None, networks: Iterable[NodeNetwork]) -> int | None:
+    """The underlay family the routes are planned for: the own node's
+    (``underlay_family``); while the own node is not among the nodes (deleted, not yet
+    listed), IPv4 when any node has an IPv4 address, else IPv6, so that a missing own
+    Node does not take every route away (its overlay device and entries stay as they
+    are meanwhile)."""
+    if own is not None:
+        return underlay_family(own)
+    addresses = [a for n in networks for a in n.addresses]
+    if any(a.version == 4 for a in addresses):
+        return 4
+    return 6 if addresses else None
+
+
 def overlay_mtu(underlay_mtu: int, family: int) -> int:
     """The MTU inside the overlay for an underlay interface MTU."""
     return underlay_mtu - VXLAN_OVERHEAD[family]

@@ -46,7 +46,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from xcluster_cni_lib.core.addresses import parse_address, parse_cidr
 from xcluster_cni_lib.core.nodes import NO_POD_CIDR, parse_nodes
-from xcluster_cni_lib.core.overlay import underlay_family, vtep_address
+from xcluster_cni_lib.core.overlay import route_underlay_family, vtep_address
 from xcluster_cni_lib.core.ranges import RangePolicy
 from xcluster_cni_lib.core.values import (
     IPAddress,
@@ -280,7 +280,9 @@ class DesiredRoutes:
         self._index = CidrIndex()
         for n in self.networks.values():
             self._add_node(n)
-        self._underlay = underlay_family(self.networks.get(self.own) if self.own else None)
+        self._underlay = route_underlay_family(
+            self.networks.get(self.own) if self.own else None, self.networks.values()
+        )
         own_addresses = self._own_addresses()
         for name in sorted(self.networks):
             if name != self.own:
