@@ -57,7 +57,9 @@ def test_defaults() -> None:
         ("HTTP_ADDRESS", "::1:9202"),
         ("HTTP_ADDRESS", "127.0.0.1:http"),
         ("HTTP_ADDRESS", "127.0.0.1:70000"),
-        ("HTTP_ADDRESS", "[127.0.0.1]:80"),
+        ("HTTP_ADDRESS", "[localhost]:80"),
+        ("HTTP_ADDRESS", "[]:80"),
+        ("LOG_LEVEL", "1.5"),
         ("CIDR_ANNOTATION", "bad key/with/slashes"),
         ("ADDRESS_ANNOTATION", "-leading-dash"),
         ("NODE_NAME", "Not_A_Node"),
@@ -258,3 +260,29 @@ def test_overlay_and_masquerade_settings() -> None:
         with pytest.raises(ConfigError) as e:
             load_config({name: bad}, rt_protos={})
         assert e.value.name == name
+
+
+def test_log_levels_upstream_manifests_use() -> None:
+    """Names (warn and warning too) and zap's numbers, as upstream manifests set them."""
+    cases = {
+        "warning": "warning",
+        "WARN": "warning",
+        " Info ": "info",
+        "-1": "debug",
+        "0": "info",
+        "1": "warning",
+        "2": "error",
+        "5": "error",
+        "-4": "trace",
+        "trace": "trace",
+    }
+    for value, level in cases.items():
+        assert load(LOG_LEVEL=value).log_level == level, value
+    with pytest.raises(ConfigError, match=r"use one of error, warning \(warn\), info"):
+        load(LOG_LEVEL="verbose")
+
+
+def test_http_address_takes_a_bracketed_ipv4_address() -> None:
+    """A manifest can write "[$(HOST_IP)]:9202" whatever the node's family."""
+    assert load(HTTP_ADDRESS="[10.0.0.5]:9202").http_address == ("10.0.0.5", 9202)
+    assert load(HTTP_ADDRESS="[fd00::5]:9202").http_address == ("fd00::5", 9202)

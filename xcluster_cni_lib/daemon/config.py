@@ -9,6 +9,7 @@ that ``XCLUSTER_*`` variables get a warning: they look like settings but are not
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -43,7 +44,7 @@ DEFAULT_IPAM_CNI_PATH = "/opt/xcluster-cni/reference:/usr/lib/cni"
 # name -> one-line help; the flag is --name-in-kebab-case.
 SETTINGS: dict[str, str] = {
     "NODE_NAME": "this node's name; its own pod CIDR gets no route (else machine-id match)",
-    "LOG_LEVEL": "error, info, debug or trace (default info)",
+    "LOG_LEVEL": "error, warning, info, debug or trace, or a zap level number (default info)",
     "CIDR_ANNOTATION": "node annotation holding pod CIDRs (comma-separated), else spec.podCIDRs",
     "ADDRESS_ANNOTATION": "node annotation holding node addresses, else InternalIP addresses",
     "PROTOCOL": "route protocol number 5-255 or a name from rt_protos (default 202)",
@@ -196,9 +197,7 @@ def load_config(
         for name in sorted(env)
         if name.startswith("XCLUSTER_")
     ]
-    level = (get("LOG_LEVEL") or "info").lower()
-    if level not in LEVELS or level == "warning":
-        raise ConfigError("LOG_LEVEL", merged["LOG_LEVEL"], "use one of error, info, debug, trace")
+    level = parse_log_level(get("LOG_LEVEL"))
 
     names = rt_protos if rt_protos is not None else read_rt_protos()
     protocol = parse_protocol(get("PROTOCOL"), names, warnings)
@@ -359,6 +358,35 @@ def parse_socket_path(value: str | None) -> str | None:
     return value
 
 
+# zap's numeric levels (the upstream project's manifests): -1 debug, 0 info, 1 warn,
+# 2 error and up (dpanic, panic, fatal); below -1: the more verbose V-levels
+_ZAP_LEVELS = {-1: "debug", 0: "info", 1: "warning", 2: "error", 3: "error", 4: "error", 5: "error"}
+_LEVEL_NAMES = {"warn": "warning"}
+
+
+def parse_log_level(value: str | None) -> str:
+    """``LOG_LEVEL``: a name (error, warning or warn, info, debug, trace) or one of zap's
+    numbers (-1 debug, 0 info, 1 warn, 2-5 error, below -1 trace); unset = info."""
+    if value is None:
+        return "info"
+    text = value.strip().lower()
+    text = _LEVEL_NAMES.get(text, text)
+    if text in LEVELS:
+        return text
+    try:
+        number = int(text)
+    except ValueError:
+        number = None
+    if number is not None:
+        return _ZAP_LEVELS.get(number, "trace" if number < -1 else "error")
+    raise ConfigError(
+        "LOG_LEVEL",
+        value,
+        "use one of error, warning (warn), info, debug, trace, or a zap level number "
+        "(-1 debug, 0 info, 1 warn, 2 error)",
+    )
+
+
 def parse_choice(var: str, value: str | None, choices: tuple[str, ...]) -> str:
     """One of ``choices`` (the first is the default)."""
     if value is None:
@@ -435,9 +463,15 @@ def parse_http_address(value: str | None) -> tuple[str, int] | None:
     if value is None:
         return None
     if value.startswith("["):
+        # [ipv6]:port, and also [ipv4]:port: a manifest can then write "[$(HOST_IP)]:9202"
+        # whatever the node's family
         host, sep, port = value[1:].partition("]:")
-        if not sep or ":" not in host:
-            raise ConfigError("HTTP_ADDRESS", value, "expected [ipv6]:port")
+        if not sep or not host:
+            raise ConfigError("HTTP_ADDRESS", value, "expected [address]:port")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError("HTTP_ADDRESS", value, f"{host} is not an IP address") from None
     else:
         host, sep, port = value.rpartition(":")
         if not sep or ":" in host:

@@ -312,6 +312,11 @@ class Daemon:
             if part is not None and not part.ready:
                 why = "; ".join(str(p) for p in part.problems[:3]) or "no successful sync yet"
                 out.append(f"{name} not ready: {why}")
+        unresolved = self.reconciler.unresolved
+        if unresolved:
+            shown = "; ".join(f"{o.route.dst}: {o.status} ({o.reason})" for o in unresolved[:3])
+            more = f" and {len(unresolved) - 3} more" if len(unresolved) > 3 else ""
+            out.append(f"{len(unresolved)} routes not in place: {shown}{more}")
         if not self.reconciler.first_sync_done:
             out.append("no successful sync yet")
         elif self.reconciler.failed_syncs:

@@ -129,6 +129,13 @@ class Reconciler:
         self.last_tick = clock()  # the loop's heartbeat, for liveness
         self.on_iteration: Callable[[SyncResult | None], None] | None = None
 
+    @property
+    def unresolved(self) -> tuple[RouteOutcome, ...]:
+        """The wanted routes not in place after the last reconcile: held by another
+        protocol (``conflict``), gateway not reachable, or a failed write; by destination."""
+        failed = self._failed
+        return tuple(failed[d] for d in sorted(failed, key=lambda n: (n.version, n)))
+
     # -- waking ----------------------------------------------------------------------------
 
     @property
