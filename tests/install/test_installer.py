@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import xcluster_cni_lib
 from xcluster_cni_lib.core.errors import InputError
 from xcluster_cni_lib.install import files, plan, service
 from xcluster_cni_lib.install.service import Action, InstallPaths
@@ -150,6 +151,17 @@ def test_fresh_install_puts_missing_reference_plugins_and_the_conflist(host: Hos
         "ipam": {"type": "kube-node"},  # no node, no kubeconfig: the agent knows both
     }
     assert portmap == {"type": "portmap", "capabilities": {"portMappings": True}}
+    # the installer's marker, a top-level key the runtimes ignore (test_managed_conflist.py)
+    marker = conflist.pop(plan.MARKER_KEY)
+    assert marker == {
+        "managedBy": "xcluster-cni install",
+        "version": xcluster_cni_lib.__version__,
+        "overlay": "none",
+        "sha256": plan.content_digest(conflist),
+    }
+    path = host.conf / "10-xcluster-cni.conflist"
+    written = [a for a in actions if a.path == str(path)]
+    assert [a.what for a in written] == ["written"] and "mtu 1450" in written[0].detail
     assert sorted(p.name for p in host.conf.iterdir()) == ["10-xcluster-cni.conflist"]
     assert host.leftovers() == []
 
@@ -181,14 +193,12 @@ def test_rerun_touches_nothing(host: Host) -> None:
     before = host.snapshot()
     actions = host.install()
     assert host.snapshot() == before
-    assert {a.what for a in actions if a.path != str(host.bin / "bridge")} == {
-        "unchanged",
-        "skipped",  # the conflist: an xcluster config is present
-    }
+    # the conflist too: the installer's own, already what this run would write
+    assert {a.what for a in actions if a.path != str(host.bin / "bridge")} == {"unchanged"}
     assert [a.what for a in actions if "reference" in a.detail or "shim" in a.detail] == [
         "unchanged"
     ] * 5
-    assert host.mtu_calls == 1  # the conflist is there: no second API/kernel look-up
+    assert host.mtu_calls == 2  # looked up again to compare: same MTU, nothing written
 
 
 def test_an_upgrade_replaces_the_old_bundle_and_its_files(host: Host) -> None:
@@ -202,12 +212,14 @@ def test_an_upgrade_replaces_the_old_bundle_and_its_files(host: Host) -> None:
     (home / "current").symlink_to(version.name)
     for name in SHIM_NAMES:
         (host.bin / name).symlink_to("xcluster-cni/current/xcluster-cni-plugin")
-    old_conflist = {
-        "cniVersion": "1.0.0",
-        "name": "xcluster-cni",
-        "plugins": [{"type": "bridge", "ipam": {"type": "kube-node", "nodeName": NODE}}],
+    # the conflist exactly as the installer of that version wrote it
+    old_conflist = plan.conflist(mtu=1500)
+    old_conflist["plugins"][0]["ipam"] = {
+        "type": "kube-node",
+        "nodeName": NODE,
+        "kubeconfig": "/etc/cni/net.d/xcluster-cni-kubeconfig",
     }
-    (host.conf / plan.CONFLIST_NAME).write_text(json.dumps(old_conflist))
+    (host.conf / plan.CONFLIST_NAME).write_bytes(plan.render_json(old_conflist))
     (host.conf / "xcluster-cni-kubeconfig").write_text("token: old")
     (host.conf / "xcluster-cni-node-name").write_text("node-a\n")
 
@@ -226,8 +238,18 @@ def test_an_upgrade_replaces_the_old_bundle_and_its_files(host: Host) -> None:
     # the names point at the shim before the bundle goes
     order = [a.path for a in actions]
     assert order.index(str(host.bin / "node-annotation")) < order.index(str(home))
-    # the conflist (an xcluster config) is the user's to change: left as it is
-    assert json.loads((host.conf / plan.CONFLIST_NAME).read_text()) == old_conflist
+    # the conflist an earlier installer wrote is the installer's: rewritten, marked
+    conflist = json.loads((host.conf / plan.CONFLIST_NAME).read_text())
+    assert conflist["plugins"][0]["ipam"] == {"type": "kube-node"}
+    assert conflist["plugins"][0]["mtu"] == 1450
+    assert plan.MARKER_KEY in conflist
+    (rewritten,) = [a for a in actions if a.path == str(host.conf / plan.CONFLIST_NAME)]
+    assert rewritten.what == "rewritten"
+    assert "nodeName and kubeconfig" in rewritten.detail and "mtu 1500 -> 1450" in (
+        rewritten.detail
+    )
+    # ... last, after the plugins it names are in place
+    assert order.index(str(host.bin / "kube-node")) < order.index(rewritten.path)
     assert host.leftovers() == []
 
 
@@ -279,7 +301,8 @@ def test_existing_xcluster_config_is_left_alone(host: Host) -> None:
     actions = host.install()
     assert not (host.conf / "10-xcluster-cni.conflist").exists()
     assert path.stat().st_mtime_ns == before.st_mtime_ns
-    assert Action(str(path), "skipped", "an xcluster config is present") in actions
+    (skipped,) = [a for a in actions if a.path == str(path)]
+    assert skipped.what == "skipped" and "a user's xcluster config comes first" in skipped.detail
     assert host.mtu_calls == 0
 
 
@@ -287,8 +310,9 @@ def test_our_own_conflist_edited_by_hand_is_kept(host: Host) -> None:
     host.install()
     path = host.conf / "10-xcluster-cni.conflist"
     path.write_text('{"edited": true}')
-    host.install(mtu=9000)
+    actions = host.install(mtu=9000)
     assert path.read_text() == '{"edited": true}'
+    assert actions[-1].what == "skipped" and "no xclusterCNI marker" in actions[-1].detail
 
 
 def test_other_networks_configs_do_not_stop_the_install(host: Host) -> None:

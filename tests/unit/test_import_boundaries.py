@@ -34,7 +34,7 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "install": ({"core", "support", "kernel", "sources"}, {"attrs", "yaml"}),
     "testing": ({"core", "support", "sync"}, {"attrs"}),
     "lab": ({"core", "support", "testing"}, {"attrs", "pytest"}),
-    "tools": ({"core", "support", "kernel", "sources", "daemon"}, {"attrs"}),
+    "tools": ({"core", "support", "kernel", "sources", "daemon", "install"}, {"attrs"}),
 }
 # wrapper package -> library folders it may import (third-party: none)
 WRAPPER_RULES = {

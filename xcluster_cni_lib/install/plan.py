@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +39,11 @@ CNI_VERSION = "1.0.0"
 CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
 # The IPAM types of this project; a config using one of them is an xcluster config.
 OUR_IPAM_TYPES = frozenset({"kube-node", "node-annotation"})
+# The marker the installer puts in the conflist it writes: a top-level key, which the
+# runtimes' libcni ignores (it reads only name, cniVersion(s), disableCheck, disableGC,
+# loadOnlyInlinedPlugins and plugins) and never passes to a plugin.
+MARKER_KEY = "xclusterCNI"
+MANAGED_BY = "xcluster-cni install"
 
 
 @attrs.frozen
@@ -149,6 +156,198 @@ def conflist(*, mtu: int, cluster_cidrs: tuple[IPNetwork, ...] = ()) -> dict[str
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }
+
+
+def content_digest(config: Mapping[str, Any]) -> str:
+    """The SHA-256 (hex) of ``config`` rendered as the installer writes it."""
+    return hashlib.sha256(render_json(config)).hexdigest()
+
+
+def managed_conflist(
+    *,
+    mtu: int,
+    cluster_cidrs: tuple[IPNetwork, ...] = (),
+    overlay: str = "none",
+    version: str,
+) -> dict[str, Any]:
+    """``conflist`` with the installer's marker (``MARKER_KEY``) last: who wrote it, its
+    ``version``, the ``overlay`` the MTU was chosen for, and the digest of the rest, by
+    which a later run tells its own untouched file from one edited by hand."""
+    config = conflist(mtu=mtu, cluster_cidrs=cluster_cidrs)
+    config[MARKER_KEY] = {
+        "managedBy": MANAGED_BY,
+        "version": version,
+        "overlay": overlay,
+        "sha256": content_digest(config),
+    }
+    return config
+
+
+@attrs.frozen
+class Recognised:
+    """What ``10-xcluster-cni.conflist`` is: the installer's (``ours``: a run may rewrite
+    it) or not (a user's: left alone), and why. For ours, ``config`` is the content
+    without the marker and ``marker`` the marker (None for a file an earlier version
+    wrote without one)."""
+
+    ours: bool
+    reason: str
+    config: Mapping[str, Any] | None = None
+    marker: Mapping[str, Any] | None = None
+
+
+def _old_shapes(config: Mapping[str, Any], *, node_name: str) -> list[tuple[str, dict[str, Any]]]:
+    """What earlier installers would have written with this file's MTU and clusterCIDRs
+    (each with a description), or none when those values are not ones they could write."""
+    try:
+        bridge = config["plugins"][0]
+        mtu, ipam = bridge["mtu"], bridge["ipam"]
+    except (KeyError, IndexError, TypeError):
+        return []
+    if type(mtu) is not int or not 576 <= mtu <= 65535 or not isinstance(ipam, Mapping):
+        return []
+    cidrs = ipam.get("clusterCIDRs")
+    tail: dict[str, Any] = {}
+    if cidrs is not None:
+        if not isinstance(cidrs, list) or not cidrs or not all(_canonical_cidr(c) for c in cidrs):
+            return []
+        tail["clusterCIDRs"] = cidrs
+    shapes: list[tuple[str, dict[str, Any]]] = []
+    kubeconfig = ipam.get("kubeconfig")
+    if node_name and isinstance(kubeconfig, str) and kubeconfig.endswith("/" + KUBECONFIG_NAME):
+        with_node = {"type": "kube-node", "nodeName": node_name, "kubeconfig": kubeconfig}
+        shapes.append(("an earlier version (nodeName and kubeconfig in ipam)", with_node | tail))
+    shapes.append(("an earlier version (no marker)", {"type": "kube-node"} | tail))
+    out = []
+    for description, old_ipam in shapes:
+        shape = conflist(mtu=mtu)
+        shape["plugins"][0]["ipam"] = old_ipam
+        out.append((description, shape))
+    return out
+
+
+def _canonical_cidr(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        return str(ipaddress.ip_network(value)) == value
+    except ValueError:
+        return False
+
+
+def recognise_conflist(content: bytes, *, node_name: str) -> Recognised:
+    """Whether ``content`` (of ``10-xcluster-cni.conflist``) is the installer's own.
+
+    Ours: exactly as the installer renders it, with a marker whose digest matches the
+    rest (written by any version that marks its file, untouched since), or byte for byte
+    what an earlier, unmarked installer wrote on this node (``nodeName`` = ``node_name``
+    and the plugins' ``kubeconfig``, or the plain ``kube-node`` IPAM, with an MTU and
+    clusterCIDRs it could have written). Anything else, even our file with one edit, is
+    a user's."""
+    try:
+        parsed = json.loads(content)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return Recognised(False, "not written by the installer (not JSON)")
+    if not isinstance(parsed, dict):
+        return Recognised(False, "not written by the installer (not a JSON object)")
+    marker = parsed.pop(MARKER_KEY, None)
+    if marker is None:
+        for description, shape in _old_shapes(parsed, node_name=node_name):
+            if render_json(shape) == content:
+                return Recognised(True, f"written by {description}", config=parsed)
+        return Recognised(False, f"not written by the installer (no {MARKER_KEY} marker)")
+    if (
+        not isinstance(marker, dict)
+        or marker.get("managedBy") != MANAGED_BY
+        or not isinstance(marker.get("version"), str)
+        or not isinstance(marker.get("overlay"), str)
+    ):
+        return Recognised(False, f"not written by the installer (a foreign {MARKER_KEY} key)")
+    if (
+        marker.get("sha256") != content_digest(parsed)
+        or render_json(parsed | {MARKER_KEY: marker}) != content
+    ):
+        return Recognised(
+            False, "edited since the installer wrote it (the content does not match its digest)"
+        )
+    return Recognised(
+        True, f"written by the installer {marker['version']}", config=parsed, marker=marker
+    )
+
+
+@attrs.frozen
+class ConflistChange:
+    """What to do with the installer's own conflist: ``rewrite`` it with ``content``
+    (False: it already says what this run would write), and why, for the log."""
+
+    rewrite: bool
+    reason: str
+    content: bytes
+
+
+def _bridge(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    plugins = config.get("plugins")
+    first = plugins[0] if isinstance(plugins, list) and plugins else None
+    return first if isinstance(first, Mapping) else {}
+
+
+def _cluster_cidrs(config: Mapping[str, Any]) -> object:
+    ipam = _bridge(config).get("ipam")
+    return ipam.get("clusterCIDRs") if isinstance(ipam, Mapping) else None
+
+
+def _without_inputs(config: Mapping[str, Any]) -> Any:
+    """``config`` without the marker, the MTU and clusterCIDRs: what is left differs
+    between versions only when the format changed."""
+    copy = json.loads(render_json(config))
+    copy.pop(MARKER_KEY, None)
+    plugins = copy.get("plugins")
+    if isinstance(plugins, list) and plugins and isinstance(plugins[0], dict):
+        plugins[0].pop("mtu", None)
+        if isinstance(plugins[0].get("ipam"), dict):
+            plugins[0]["ipam"].pop("clusterCIDRs", None)
+    return copy
+
+
+def plan_conflist_change(found: Recognised, desired: Mapping[str, Any]) -> ConflistChange:
+    """Compare the installer's own conflist (``found``, ``ours``) with ``desired`` (from
+    ``managed_conflist``). Only the marker's version differing is no reason to write: a
+    file another version wrote with the same content stays as it is (its marker names
+    that version). The reason lists what changed: mtu, overlay, clusterCIDRs, the
+    format, or that an earlier version wrote the file without a marker."""
+    if not found.ours or found.config is None:
+        raise ValueError("plan_conflist_change is for the installer's own conflist")
+    content = render_json(desired)
+    marker = desired[MARKER_KEY]
+    old = found.config
+    if found.marker is not None:
+        as_found = {**desired, MARKER_KEY: {**marker, "version": found.marker["version"]}}
+        if render_json(as_found) == render_json({**old, MARKER_KEY: found.marker}):
+            return ConflistChange(False, f"already as wanted ({found.reason})", content)
+    changes = []
+    if found.marker is None:
+        changes.append(f"{found.reason}, now marked as the installer's")
+    old_mtu, new_mtu = _bridge(old).get("mtu"), _bridge(desired).get("mtu")
+    if old_mtu != new_mtu:
+        changes.append(f"mtu {old_mtu} -> {new_mtu}")
+    if found.marker is not None and found.marker["overlay"] != marker["overlay"]:
+        changes.append(f"overlay {found.marker['overlay']} -> {marker['overlay']}")
+    old_cidrs, new_cidrs = _cluster_cidrs(old), _cluster_cidrs(desired)
+    if old_cidrs != new_cidrs:
+        changes.append(f"clusterCIDRs {_cidrs_text(old_cidrs)} -> {_cidrs_text(new_cidrs)}")
+    if found.marker is not None and _without_inputs(old) != _without_inputs(desired):
+        changes.append(
+            f"the format of {marker['version']} differs from {found.marker['version']}'s"
+        )
+    if not changes:  # only a key order or the digest's own text: rewrite all the same
+        changes.append("the content differs")
+    return ConflistChange(True, "; ".join(changes), content)
+
+
+def _cidrs_text(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "none"
+    return "none" if value is None else shorten(str(value))
 
 
 def _uses_our_ipam(plugin: object) -> bool:

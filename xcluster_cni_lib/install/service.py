@@ -17,7 +17,8 @@ from typing import Any
 
 import attrs
 
-from xcluster_cni_lib.core.errors import InputError
+from xcluster_cni_lib import __version__
+from xcluster_cni_lib.core.errors import InputError, XclusterError, shorten
 from xcluster_cni_lib.core.facts import extract_facts
 from xcluster_cni_lib.core.mtu import choose_mtu
 from xcluster_cni_lib.core.overlay import overlay_mtu
@@ -50,11 +51,13 @@ log = jsonlog.get_logger("xcluster_cni_lib.install")
 @attrs.frozen
 class Action:
     """One thing the installer did or left alone: ``what`` is ``installed``,
-    ``replaced``, ``unchanged``, ``written``, ``skipped`` or ``removed``."""
+    ``replaced``, ``unchanged``, ``written``, ``rewritten``, ``kept``, ``skipped`` or
+    ``removed``; ``detail`` says why; ``level`` is the log level of its line."""
 
     path: str
     what: str
     detail: str = ""
+    level: str = "info"
 
 
 @attrs.frozen
@@ -153,19 +156,75 @@ def _config_files(conf_dir: Path) -> dict[str, bytes]:
     return found
 
 
-def write_conflist(
-    conf_dir: Path, settings: plan.InstallSettings, *, detect_mtu: Callable[[], int]
-) -> Action:
-    """Write ``10-xcluster-cni.conflist`` unless an xcluster config is already there.
-    ``detect_mtu`` is called only when a config is written and no MTU is set."""
-    existing = plan.find_xcluster_config(_config_files(conf_dir))
-    if existing is not None:
-        return Action(str(conf_dir / existing), "skipped", "an xcluster config is present")
+def _desired_conflist(
+    settings: plan.InstallSettings, *, detect_mtu: Callable[[], int], version: str
+) -> dict[str, Any]:
     mtu = settings.mtu if settings.mtu is not None else detect_mtu()
-    config = plan.conflist(mtu=mtu, cluster_cidrs=settings.cluster_cidrs)
+    return plan.managed_conflist(
+        mtu=mtu, cluster_cidrs=settings.cluster_cidrs, overlay=settings.overlay, version=version
+    )
+
+
+def _inputs(config: Mapping[str, Any]) -> str:
+    marker = config[plan.MARKER_KEY]
+    return f"mtu {config['plugins'][0]['mtu']}, overlay {marker['overlay']}"
+
+
+def write_conflist(
+    conf_dir: Path,
+    settings: plan.InstallSettings,
+    *,
+    detect_mtu: Callable[[], int],
+    version: str = __version__,
+) -> Action:
+    """Write, rewrite or leave ``10-xcluster-cni.conflist``; one ``Action`` says which
+    and why.
+
+    - No xcluster config in the directory: ``written`` (with the installer's marker).
+    - Another xcluster config sorts first (a user's, by name): ``skipped``; neither it
+      nor ours behind it is touched.
+    - Ours (``plan.recognise_conflist``: marked and untouched, or exactly what an earlier
+      version wrote): ``rewritten`` atomically when this run would write something else
+      (MTU, overlay, clusterCIDRs, the format), else ``unchanged`` (not touched).
+    - Ours by name but not by content (no marker, edited by hand, a symlink): ``skipped``.
+
+    ``detect_mtu`` (when no MTU is set) is called only to write or compare our own file;
+    when it fails with our file present, that file is ``kept`` as it is (the node keeps
+    working without the API server, as before) and the action is logged as a warning.
+    """
+    found = _config_files(conf_dir)
     path = conf_dir / plan.CONFLIST_NAME
-    files.write_atomic(path, plan.render_json(config), mode=0o644)
-    return Action(str(path), "written", f"mtu {mtu}")
+    first = plan.find_xcluster_config(found)
+    if first is None:
+        desired = _desired_conflist(settings, detect_mtu=detect_mtu, version=version)
+        files.write_atomic(path, plan.render_json(desired), mode=0o644)
+        return Action(str(path), "written", f"{_inputs(desired)}: no xcluster config was there")
+    if first != plan.CONFLIST_NAME:
+        behind = f", nor {plan.CONFLIST_NAME} behind it" if plan.CONFLIST_NAME in found else ""
+        return Action(
+            str(conf_dir / first),
+            "skipped",
+            f"a user's xcluster config comes first: not touched{behind}",
+        )
+    if path.is_symlink():
+        return Action(str(path), "skipped", "a user's: a symlink, not written by the installer")
+    recognised = plan.recognise_conflist(found[first], node_name=settings.node_name)
+    if not recognised.ours:
+        return Action(str(path), "skipped", f"a user's: {recognised.reason}; not touched")
+    try:
+        desired = _desired_conflist(settings, detect_mtu=detect_mtu, version=version)
+    except (XclusterError, OSError) as exc:
+        return Action(
+            str(path),
+            "kept",
+            f"{recognised.reason}; left as it is: the MTU look-up failed: {shorten(str(exc))}",
+            level="warning",
+        )
+    change = plan.plan_conflist_change(recognised, desired)
+    if not change.rewrite:
+        return Action(str(path), "unchanged", f"{_inputs(desired)}: {change.reason}")
+    files.write_atomic(path, change.content, mode=0o644)
+    return Action(str(path), "rewritten", f"{_inputs(desired)}: {change.reason}")
 
 
 def run_install(
@@ -193,7 +252,11 @@ def run_install(
         actions.append(write_conflist(paths.conf_dir, settings, detect_mtu=detect_mtu))
     else:
         actions.append(
-            Action(str(paths.conf_dir / plan.CONFLIST_NAME), "skipped", "INSTALL_K8S_NET=no")
+            Action(
+                str(paths.conf_dir / plan.CONFLIST_NAME),
+                "skipped",
+                "INSTALL_K8S_NET=no: no conflist written or changed",
+            )
         )
     return actions
 

@@ -5,19 +5,23 @@ command only parses flags, prints and picks the exit code."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import attrs
 
 from xcluster_cni_lib.lab.cleanup import (
+    _owned_daemon,
     find_labs,
     interrupt_on_termination,
     lab_status,
+    load_state,
+    process_gone,
     shielded,
     teardown_lab,
 )
 from xcluster_cni_lib.lab.cluster import Lab
 from xcluster_cni_lib.lab.demo import run_demo
+from xcluster_cni_lib.lab.shell import list_netns, run
 from xcluster_cni_lib.lab.spec import (
     DEFAULT_PREFIX,
     DEFAULT_STATE_ROOT,
@@ -94,6 +98,57 @@ def status_lines(prefix: str, state_root: Path, lab_id: str | None = None) -> li
     if not ids:
         return ["no labs"]
     return [line for i in ids for line in lab_status(prefix, i, state_root)]
+
+
+def status_records(
+    prefix: str, state_root: Path, lab_id: str | None = None
+) -> list[dict[str, Any]]:
+    """``lab status -o json``: what ``status_lines`` says, as one object per lab (``[]``
+    when there is none): ``id``, ``stateDir``, ``namespaces`` (count), ``hasState``,
+    ``ownerPid`` (a running owner, else null), ``daemons`` (``running``, ``started``),
+    ``nodes`` (``name``, ``namespace``, ``routes``: network -> count) and ``pods``.
+    ``LabError`` as for ``status_lines``."""
+    records = []
+    for i in lab_ids(prefix, state_root, lab_id):
+        lab_status(prefix, i, state_root)  # the same checks and LabError as the lines
+        state_dir = state_root / f"{prefix}-{i}"
+        state = load_state(state_dir)
+        ns_prefix = f"{prefix}-{i}-"
+        namespaces = sorted(n for n in list_netns() if n.startswith(ns_prefix))
+        owner = state.get("owner_pid")
+        nodes_file = str(state.get("nodes_file", ""))
+        pids = state.get("pids", [])
+        running = [p for p in pids if _owned_daemon(int(p), nodes_file)]
+        nodes = []
+        for node in state.get("nodes", []):
+            ns = f"{ns_prefix}{node}"
+            if ns not in namespaces:
+                continue
+            routes = {}
+            for network, protocol in state.get("networks", {}).items():
+                count = 0
+                for family in ("-4", "-6"):
+                    proc = run(
+                        None,
+                        ["ip", "-n", ns, family, "route", "show", "proto", str(protocol)],
+                        check=False,
+                    )
+                    count += len(proc.stdout.splitlines())
+                routes[network] = count
+            nodes.append({"name": node, "namespace": ns, "routes": routes})
+        records.append(
+            {
+                "id": i,
+                "stateDir": str(state_dir),
+                "namespaces": len(namespaces),
+                "hasState": bool(state),
+                "ownerPid": int(owner) if owner and not process_gone(int(owner)) else None,
+                "daemons": {"running": len(running), "started": len(pids)},
+                "nodes": nodes,
+                "pods": sorted(state.get("pods", {})),
+            }
+        )
+    return records
 
 
 def remove_labs(

@@ -7,19 +7,16 @@ from typing import TYPE_CHECKING
 
 from xcluster_cni_lib.core.values import Route
 from xcluster_cni_lib.lab.connectivity import Matrix
+from xcluster_cni_lib.support.output import render_table
 
 if TYPE_CHECKING:
     from xcluster_cni_lib.lab.cluster import Lab
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    """Left-aligned columns separated by two spaces."""
-    body = [list(map(str, r)) for r in rows]
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=False)]
-    return [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip()
-        for row in [list(header), *body]
-    ]
+    """Left-aligned columns separated by two spaces (``support.output.render_table``,
+    the renderer of every command, with the header as given)."""
+    return render_table(header, [list(map(str, r)) for r in rows], upper=False)
 
 
 def route_rows(

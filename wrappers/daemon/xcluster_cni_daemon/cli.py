@@ -36,6 +36,7 @@ SUBCOMMAND_MODULES = [
     "xcluster_cni_daemon.lab_cmd",
     "xcluster_cni_daemon.install_cmd",
     "xcluster_cni_daemon.daemon_cmd",
+    "xcluster_cni_daemon.doctor_cmd",
 ]
 
 

@@ -5,8 +5,9 @@ Environment (documented in ``docs/install.md``; the list is
 ``NODE_NAME`` (required), ``INSTALL_K8S_NET`` (yes/no, default yes), ``ADDRESS_ANNOTATION``,
 ``MTU``, ``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT``, ``KUBECONFIG`` (the last
 three only for the MTU look-up), ``CLUSTER_CIDRS`` (written into the conflist as
-``clusterCIDRs``). Directory flags default to the container paths of the DaemonSet's
-hostPath mounts and to the image's layout.
+``clusterCIDRs``), ``OVERLAY`` (``vxlan``: the detected MTU leaves room for it).
+Directory flags default to the container paths of the DaemonSet's hostPath mounts and to
+the image's layout.
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "dir as kube-node and node-annotation (same content: left alone), copy each "
         "reference plugin (bridge, host-local, loopback, portmap) only where the node has "
         "none, remove what earlier versions left (the plugin bundle, the plugins' "
-        "kubeconfig and node-name file), and write 10-xcluster-cni.conflist unless an "
-        "xcluster config is present or INSTALL_K8S_NET=no. Every file is written "
-        "atomically.",
+        "kubeconfig and node-name file), and write 10-xcluster-cni.conflist, marked as the "
+        "installer's: a later run rewrites it when the MTU, overlay or format it would "
+        "write differs. A config the installer did not write (this file without the "
+        "marker or edited by hand, or another xcluster config sorting first) is never "
+        "touched; with INSTALL_K8S_NET=no no conflist is written. Every file is written "
+        "atomically; each decision is one JSON log line.",
     )
     install.add_argument(
         "--cni-bin-dir",
@@ -100,7 +104,8 @@ def run_install(args: argparse.Namespace) -> int:
     )
     detect = service.mtu_detector(settings)
     for action in service.run_install(settings, paths, detect_mtu=detect):
-        log.info(
+        emit = log.warning if action.level == "warning" else log.info
+        emit(
             f"{action.what} {action.path}",
             path=action.path,
             action=action.what,

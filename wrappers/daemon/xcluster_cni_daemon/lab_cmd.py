@@ -83,6 +83,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     status = verbs.add_parser("status", help="show labs, their daemons and routes")
     common(status, default_id=None)
+    status.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json"),
+        default="table",
+        help="table (the summary text) or json [table]",
+    )
     status.set_defaults(func=_status)
 
     down = verbs.add_parser("down", help="remove labs (also what a crashed run left)")
@@ -136,10 +143,14 @@ def _up(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from xcluster_cni_lib.lab import LabError
-    from xcluster_cni_lib.lab.commands import status_lines
+    from xcluster_cni_lib.lab.commands import status_lines, status_records
+    from xcluster_cni_lib.support.output import render_json
 
     try:
-        lines = status_lines(args.prefix, args.state_root, args.id)
+        if args.output == "json":
+            lines = [render_json(status_records(args.prefix, args.state_root, args.id))]
+        else:
+            lines = status_lines(args.prefix, args.state_root, args.id)
     except LabError as e:
         return _failed(args, e)
     for line in lines:

@@ -8,10 +8,9 @@ stays fast. Documented in ``docs/cli.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from xcluster_cni_lib.core.errors import InputError
@@ -26,8 +25,31 @@ def _env(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
-def _print_json(value: object) -> None:
-    print(json.dumps(value, indent=2))
+def _output_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json"),
+        default=None,
+        help="table or json [table on a terminal, else json]",
+    )
+
+
+def _print(
+    args: argparse.Namespace,
+    value: object,
+    header: Sequence[str],
+    rows: Iterable[Sequence[object]],
+) -> None:
+    """``value`` as JSON or ``rows`` as a table (``-o``; without it a table on a
+    terminal, JSON otherwise: what scripts got before ``-o`` existed)."""
+    from xcluster_cni_lib.support.output import choose_format, render_json, render_table
+
+    if choose_format(args.output, tty=sys.stdout.isatty()) == "json":
+        print(render_json(value))
+    else:
+        for line in render_table(header, rows):
+            print(line)
 
 
 def _warn(lines: Iterable[object]) -> None:
@@ -114,6 +136,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"where this machine's id is, used without a node name [{MACHINE_ID_PATH}]",
     )
     _annotation_flags(p)
+    _output_flag(p)
     p.set_defaults(func=cmd_plan)
 
     p = subparsers.add_parser(
@@ -128,6 +151,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     source.add_argument("--kubeconfig", metavar="FILE", default=None, help="[$KUBECONFIG]")
     source.add_argument("--nodes-file", metavar="FILE", help="read a node list instead")
     _annotation_flags(p)
+    _output_flag(p)
     p.set_defaults(func=cmd_nodes)
 
     p = subparsers.add_parser(
@@ -143,6 +167,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=DEFAULT_PROTOCOL,
         help=f"route protocol: a number 1-255 or a name from rt_protos [{DEFAULT_PROTOCOL}]",
     )
+    _output_flag(p)
     p.set_defaults(func=cmd_kernelroutes)
 
 
@@ -178,7 +203,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         node_name=args.node_name,
         machine_id_file=args.machine_id_file,
     )
-    _print_json([r.to_json() for r in result.routes])
+    _print(
+        args,
+        [r.to_json() for r in result.routes],
+        ("destination", "via", "device", "node"),
+        [(r.dst, r.gateway, r.device, r.node) for r in result.routes],
+    )
     _warn(result.warnings)
     return 0
 
@@ -190,7 +220,15 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         nodes_file=args.nodes_file, kubeconfig=args.kubeconfig, annotations=_annotations(args)
     )
     result = node_views(facts)
-    _print_json(list(result.views))
+    _print(
+        args,
+        list(result.views),
+        ("name", "pod cidrs", "addresses", "machine id", "problems"),
+        [
+            (v["name"], v["podCIDRs"], v["addresses"], v["machineID"], len(v["problems"]))
+            for v in result.views
+        ],
+    )
     _warn(result.warnings)
     return 0
 
@@ -198,5 +236,11 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 def cmd_kernelroutes(args: argparse.Namespace) -> int:
     from xcluster_cni_lib.tools.kernelview import kernel_routes
 
-    _print_json([r.to_json() for r in kernel_routes(args.protocol)])
+    routes = kernel_routes(args.protocol)
+    _print(
+        args,
+        [r.to_json() for r in routes],
+        ("destination", "via"),
+        [(r.dst, r.gateway) for r in routes],
+    )
     return 0
