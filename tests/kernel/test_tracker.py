@@ -90,6 +90,13 @@ def test_the_tracked_view_counts_our_routes_without_a_dump(
         assert count() == 4  # an append: a second route to the same destination
         run_in(gw_netns, f"ip route del 10.3.0.0/24 via {GW4B} proto {PROTO}".split())
         assert count() == 3
+        # a replace after an append rewrites the first route only: the second stays
+        run_in(gw_netns, f"ip route append 10.3.0.0/24 via {GW4B} proto {PROTO}".split())
+        run_in(gw_netns, f"ip route replace 10.3.0.0/24 via 192.168.77.4 proto {PROTO}".split())
+        assert count() == 4
+        run_in(gw_netns, f"ip route del 10.3.0.0/24 via {GW4B} proto {PROTO}".split())
+        run_in(gw_netns, f"ip route replace 10.3.0.0/24 via {GW4} proto {PROTO}".split())
+        assert count() == 3
         multipath = ["nexthop", "via", str(GW4), "nexthop", "via", str(GW4B)]
         run_in(gw_netns, ["ip", "route", "add", "10.6.0.0/24", "proto", str(PROTO), *multipath])
         assert count() == 3  # no single gateway: not a route we list

@@ -338,8 +338,12 @@ class RouteTracker:
             self.routes[key] = [entry]
         else:
             if replacing:
-                self.installed -= sum(e.described for e in entries if e.priority == entry.priority)
-                entries[:] = [e for e in entries if e.priority != entry.priority]
+                # IPv4 replaces the first route of that metric (an appended second one
+                # stays); IPv6 replaces the route with its siblings
+                same = [i for i, e in enumerate(entries) if e.priority == entry.priority]
+                gone = same[:1] if key[0] == 4 else same
+                self.installed -= sum(entries[i].described for i in gone)
+                entries[:] = [e for i, e in enumerate(entries) if i not in gone]
             entries.append(entry)
         self.installed += entry.described
         self._oifs = None
