@@ -87,6 +87,8 @@ $(PLUGINS_OUT)/%/xcluster-cni-shim: $(SHIM_SRC) Makefile
 
 # `make image`: build the image with docker when its daemon answers, else podman
 # (IMAGE=name:tag, IMAGE_BUILD_ARGS for e.g. --build-arg BASE_IMAGE=...). See docs/install.md.
+# One platform (this machine's); the published amd64+arm64 image and the shims as release
+# assets come from .github/workflows/release.yml on a version tag (docs/install.md).
 IMAGE ?= xcluster-cni:latest
 image:
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \

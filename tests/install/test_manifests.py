@@ -1,8 +1,10 @@
 """Every manifest in deploy/ is valid against the Kubernetes schemas (offline, strict:
 unknown fields are errors) and grants exactly what the docs promise: read-only access to
 nodes, NET_ADMIN only, a read-only root filesystem, the runtime's default seccomp profile,
-probes on the daemon's endpoints, one CLUSTER_CIDRS for the installer and the daemon, the
-IPAM socket and the host's /var/lib/cni for the main instance only."""
+Linux nodes only, probes on the daemon's endpoints (on the node's address where
+HTTP_ADDRESS is "[$(HOST_IP)]:port", with a named `metrics` port), one CLUSTER_CIDRS for
+the installer and the daemon, the IPAM socket and the host's /var/lib/cni for the main
+instance only. The kustomize variants and deploy/monitoring: tests/deploy/."""
 
 from __future__ import annotations
 
@@ -28,8 +30,15 @@ from xcluster_cni_lib.install.service import INSTALL_ENV
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S_VERSION = "1.30"
-MANIFESTS = sorted(p for p in DEPLOY.rglob("*.yaml") if not p.name.endswith("-patch.yaml"))
-PATCHES = sorted(DEPLOY.rglob("*-patch.yaml"))
+# deploy/kustomize (kustomizations, their patches, copies of these files) and
+# deploy/monitoring (a CRD object) have their own tests in tests/deploy/.
+OWN_TESTS = (DEPLOY / "kustomize", DEPLOY / "monitoring")
+MANIFESTS = sorted(
+    p
+    for p in DEPLOY.rglob("*.yaml")
+    if not p.name.endswith("-patch.yaml") and not any(p.is_relative_to(d) for d in OWN_TESTS)
+)
+PATCHES = sorted((DEPLOY / "examples").rglob("*-patch.yaml"))
 DAEMONSETS = ["xcluster-cni.yaml", "xcluster-cni-secondary-net.yaml"]
 WORKLOADS = [*DAEMONSETS, "xcluster-cni-static.yaml"]
 MAIN = ["xcluster-cni.yaml", "xcluster-cni-static.yaml"]  # the instances that serve IPAM
@@ -152,19 +161,41 @@ def test_daemon_container_has_net_admin_only_and_probes(name: str) -> None:
     assert sc["readOnlyRootFilesystem"] is True
 
     env = _env(daemon)
-    # only settings it reads
-    assert set(env) <= set(SETTINGS) | IN_CLUSTER_ENV, set(env) - set(SETTINGS)
+    # only settings it reads (HOST_IP: only for HTTP_ADDRESS's $(HOST_IP))
+    assert set(env) <= set(SETTINGS) | IN_CLUSTER_ENV | {"HOST_IP"}, set(env) - set(SETTINGS)
     assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
-    address = parse_http_address(env["HTTP_ADDRESS"])
+    raw = env["HTTP_ADDRESS"]
+    if "$(HOST_IP)" in raw:
+        # the kubelet expands it from the downward API, declared before it
+        names = [e["name"] for e in daemon["env"]]
+        assert names.index("HOST_IP") < names.index("HTTP_ADDRESS")
+        assert env["HOST_IP"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+        for node_ip in ("192.0.2.7", "2001:db8::7"):
+            assert parse_http_address(raw.replace("$(HOST_IP)", node_ip)) is not None
+        raw = raw.replace("$(HOST_IP)", "192.0.2.7")
+    address = parse_http_address(raw)
     assert address is not None
     host, port = address
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = daemon[probe]["httpGet"]
-        assert (get["path"], get["port"], get.get("host", host)) == (path, port, host)
+        assert (get["path"], get["port"]) == (path, port)
+        if "HOST_IP" in env:
+            # no host: the kubelet probes the pod's IP, the node's own with hostNetwork
+            assert "host" not in get and spec["hostNetwork"] is True
+        else:
+            assert get.get("host", host) == host
+    if "HOST_IP" in env:  # reachable from Prometheus: a named port for a PodMonitor
+        assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in daemon["ports"]
 
     resources = daemon["resources"]
     assert resources["requests"]["cpu"] and resources["requests"]["memory"]
     assert resources["limits"]["memory"]
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_pod_runs_on_linux_nodes_only(name: str) -> None:
+    """It tolerates every taint, so only the selector keeps it off Windows nodes."""
+    assert _pod_spec(name)["nodeSelector"] == {"kubernetes.io/os": "linux"}
 
 
 @pytest.mark.parametrize("name", WORKLOADS)
