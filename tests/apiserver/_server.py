@@ -1,4 +1,5 @@
-"""The HTTP side of the API-server double: request handler, watch streams, faults."""
+"""The HTTP side of the API-server double: routing, request handler, watch streams,
+discovery, faults and the test-side API."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ._kinds import GROUP_VERSIONS, KINDS, Kind, kind_at, object_key
 from ._patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from ._select import Selector
 from ._store import (
     Conflict,
     Event,
@@ -60,9 +63,10 @@ def status_object(code: int, message: str, *, reason: str | None = None) -> dict
 class _Stream:
     """One open watch stream, as the test-side API sees it."""
 
-    def __init__(self, sock: socket.socket, stalled_until: float) -> None:
+    def __init__(self, sock: socket.socket, resource: str, stalled: bool) -> None:
         self.sock = sock
-        self.stalled_until = stalled_until
+        self.resource = resource
+        self.stalled_until = math.inf if stalled else 0.0
         self.cut = False
         self.gone = False
         self.bookmark_now = False
@@ -94,42 +98,143 @@ def _flag(query: dict[str, list[str]], key: str) -> bool:
     return query.get(key, ["false"])[-1].lower() in ("true", "1")
 
 
-def _selector_matches(
-    name: str,
-    labels: dict[str, str],
-    field_selector: str | None,
-    label_selector: str | None,
-) -> bool:
-    if field_selector:
-        for term in field_selector.split(","):
-            key, _, value = term.partition("!=") if "!=" in term else term.partition("=")
-            value = value.lstrip("=")
-            if key.strip() != "metadata.name":
-                continue
-            if ("!=" in term) == (name == value.strip()):
-                return False
-    if label_selector:
-        for term in label_selector.split(","):
-            term = term.strip()
-            if "!=" in term:
-                key, _, value = term.partition("!=")
-                if labels.get(key.strip()) == value.strip():
-                    return False
-            elif "=" in term:
-                key, _, value = term.partition("=")
-                if labels.get(key.strip()) != value.lstrip("=").strip():
-                    return False
-            elif term.startswith("!"):
-                if term[1:] in labels:
-                    return False
-            elif term and term not in labels:
-                return False
-    return True
+class _Route:
+    """What a request path names: a collection (``name`` None) or one object."""
+
+    __slots__ = ("kind", "name", "namespace", "subresource", "watch")
+
+    def __init__(
+        self,
+        kind: Kind,
+        *,
+        namespace: str | None,
+        name: str | None,
+        subresource: str,
+        watch: bool,
+    ) -> None:
+        self.kind = kind
+        self.namespace = namespace
+        self.name = name
+        self.subresource = subresource
+        self.watch = watch
+
+    @property
+    def key(self) -> str:
+        assert self.name is not None
+        return object_key(self.kind, self.name, self.namespace)
+
+
+def _route(segments: list[str]) -> _Route | None:
+    """Parse ``/api/v1/...`` and ``/apis/<group>/<version>/...``: ``[watch/]``,
+    ``[namespaces/<ns>/]<resource>[/<name>[/<subresource>]]``."""
+    if segments[:2] == ["api", "v1"]:
+        api_version, rest = "v1", segments[2:]
+    elif segments[:1] == ["apis"] and len(segments) >= 4:
+        api_version, rest = f"{segments[1]}/{segments[2]}", segments[3:]
+    else:
+        return None
+    watch = rest[:1] == ["watch"]
+    if watch:
+        rest = rest[1:]
+    namespace: str | None = None
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        inner = kind_at(api_version, rest[2])
+        if inner is not None and inner.namespaced:
+            namespace, rest = rest[1], rest[2:]
+    if not rest or len(rest) > 3:
+        return None
+    kind = kind_at(api_version, rest[0])
+    if kind is None:
+        return None
+    name = rest[1] if len(rest) > 1 else None
+    if kind.namespaced and name is not None and namespace is None:
+        return None  # /api/v1/pods/<name> does not exist
+    subresource = rest[2] if len(rest) > 2 else ""
+    if subresource and subresource not in kind.subresources:
+        return None
+    return _Route(kind, namespace=namespace, name=name, subresource=subresource, watch=watch)
+
+
+def _discovery_document(path: str, url: str) -> dict[str, Any] | None:
+    if path == "/version":
+        return {
+            "major": "1",
+            "minor": "31",
+            "gitVersion": "v1.31.0-xcluster-double",
+            "platform": "linux/amd64",
+        }
+    if path == "/api":
+        return {
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [
+                {"clientCIDR": "0.0.0.0/0", "serverAddress": url.split("://", 1)[-1]}
+            ],
+        }
+    groups = {gv.split("/")[0]: gv for gv in GROUP_VERSIONS if "/" in gv}
+
+    def group(name: str) -> dict[str, Any]:
+        version = {"groupVersion": groups[name], "version": groups[name].split("/")[1]}
+        return {"name": name, "versions": [version], "preferredVersion": version}
+
+    if path == "/apis":
+        return {
+            "kind": "APIGroupList",
+            "apiVersion": "v1",
+            "groups": [group(name) for name in sorted(groups)],
+        }
+    if path.startswith("/apis/") and path[6:] in groups:
+        return {"kind": "APIGroup", "apiVersion": "v1", **group(path[6:])}
+    group_version = "v1" if path == "/api/v1" else path[6:]
+    kinds = GROUP_VERSIONS.get(group_version) if path.startswith(("/api/v1", "/apis/")) else None
+    if kinds is None:
+        return None
+    resources: list[dict[str, Any]] = []
+    for kind in kinds:
+        resources.append(
+            {
+                "name": kind.resource,
+                "singularName": kind.singular,
+                "namespaced": kind.namespaced,
+                "kind": kind.kind,
+                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                "shortNames": list(kind.short_names),
+            }
+        )
+        for sub in kind.subresources:
+            resources.append(
+                {
+                    "name": f"{kind.resource}/{sub}",
+                    "singularName": "",
+                    "namespaced": kind.namespaced,
+                    "kind": kind.kind,
+                    "verbs": ["get", "patch", "update"],
+                }
+            )
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": group_version,
+        "resources": resources,
+    }
+
+
+DISCOVERY_PATHS = frozenset(
+    ["/api", "/version", "/apis", "/healthz", "/readyz", "/livez"]
+    + [f"/api/{gv}" if "/" not in gv else f"/apis/{gv}" for gv in GROUP_VERSIONS]
+    + [f"/apis/{gv.split('/')[0]}" for gv in GROUP_VERSIONS if "/" in gv]
+)
+
+
+def _visible(events: Iterable[Event], selector: Selector) -> list[bytes]:
+    lines = (event.line(selector) for event in events)
+    return [line for line in lines if line is not None]
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HTTPServer
+    resource = ""  # the resource the request names ("pods", ...), "" for none
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -181,17 +286,26 @@ class _Handler(BaseHTTPRequestHandler):
             self._status(400, f"invalid JSON body: {exc}")
             return
         segments = path.split("/")[1:]
-        name: str | None = None
-        subresource = ""
-        if path in ("/api", "/api/v1", "/version", "/apis", "/healthz", "/readyz", "/livez"):
+        route: _Route | None = None
+        if path in DISCOVERY_PATHS:
             verb = "discovery"
-        elif segments[:3] == ["api", "v1", "nodes"] and len(segments) <= 5:
-            name = segments[3] if len(segments) > 3 else None
-            subresource = segments[4] if len(segments) > 4 else ""
-            if name is None:
+        else:
+            route = _route(segments)
+            if route is None:
+                verb = "unknown"
+            elif route.watch:
+                verb = "watch" if method == "GET" else "unsupported"
+                if route.name is not None:  # /watch/<resource>/<name>: one object
+                    query.setdefault("fieldSelector", [f"metadata.name={route.name}"])
+                    route.name = None
+                    if route.subresource:
+                        verb = "unknown"
+            elif route.name is None:
                 verb = {"GET": "list", "POST": "create"}.get(method, "unsupported")
                 if verb == "list" and _flag(query, "watch"):
                     verb = "watch"
+                if verb == "create" and route.kind.namespaced and route.namespace is None:
+                    verb = "unsupported"  # POST /api/v1/pods: create needs a namespace
             else:
                 verb = {
                     "GET": "get",
@@ -199,15 +313,8 @@ class _Handler(BaseHTTPRequestHandler):
                     "PATCH": "patch",
                     "DELETE": "delete",
                 }.get(method, "unsupported")
-        elif segments[:4] == ["api", "v1", "watch", "nodes"] and method == "GET":
-            verb = "watch"
-            name = segments[4] if len(segments) > 4 else None
-            if name:
-                query.setdefault("fieldSelector", [f"metadata.name={name}"])
-                name = None
-        else:
-            verb = "unknown"
-        double._count(verb)
+        self.resource = route.kind.resource if route is not None else ""
+        double._count(verb, self.resource)
 
         authorized = double.token is None or verb == "discovery"
         if not authorized and self.headers.get("Authorization") != f"Bearer {double.token}":
@@ -217,7 +324,7 @@ class _Handler(BaseHTTPRequestHandler):
         if latency > 0 and double._stopping.wait(latency):
             self.close_connection = True
             return
-        failure = double._take_failure(verb)
+        failure = double._take_failure(verb, self.resource)
         if failure is not None:
             self._status(failure, f"injected failure ({failure})")
             return
@@ -227,82 +334,58 @@ class _Handler(BaseHTTPRequestHandler):
 
         if verb == "discovery":
             self._discovery(path)
-        elif verb == "unknown":
+            return
+        if verb == "unknown" or route is None:
             self._status(404, "the server could not find the requested resource")
-        elif verb == "unsupported" or subresource not in ("", "status"):
+        elif verb == "unsupported":
             self._status(405, f"{method} is not supported on {path}")
         elif verb == "list":
-            self._list(query)
+            self._list(route, query)
         elif verb == "watch":
-            self._watch(query)
+            self._watch(route, query)
         elif verb == "create":
-            self._create(body)
+            self._create(route, body)
         else:
-            assert name is not None
-            self._item(verb, name, body)
+            self._item(verb, route, body)
 
     def _discovery(self, path: str) -> None:
-        if path == "/version":
-            doc: dict[str, Any] = {
-                "major": "1",
-                "minor": "31",
-                "gitVersion": "v1.31.0-xcluster-double",
-                "platform": "linux/amd64",
-            }
-        elif path == "/api":
-            doc = {
-                "kind": "APIVersions",
-                "versions": ["v1"],
-                "serverAddressByClientCIDRs": [
-                    {"clientCIDR": "0.0.0.0/0", "serverAddress": self.server.double.url[7:]}
-                ],
-            }
-        elif path == "/api/v1":
-            doc = {
-                "kind": "APIResourceList",
-                "groupVersion": "v1",
-                "resources": [
-                    {
-                        "name": "nodes",
-                        "singularName": "node",
-                        "namespaced": False,
-                        "kind": "Node",
-                        "verbs": [
-                            "create",
-                            "delete",
-                            "get",
-                            "list",
-                            "patch",
-                            "update",
-                            "watch",
-                        ],
-                        "shortNames": ["no"],
-                    },
-                    {
-                        "name": "nodes/status",
-                        "singularName": "",
-                        "namespaced": False,
-                        "kind": "Node",
-                        "verbs": ["get", "patch", "update"],
-                    },
-                ],
-            }
-        elif path == "/apis":
-            doc = {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}
-        else:
+        doc = _discovery_document(path, self.server.double.url)
+        if doc is None:
             self._send(200, b"ok", "text/plain")
-            return
-        self._send(200, dumps(doc))
+        else:
+            self._send(200, dumps(doc))
 
     # -- collection ---------------------------------------------------------------------
 
-    def _list(self, query: dict[str, list[str]]) -> None:
+    def _selector(
+        self, route: _Route, query: dict[str, list[str]], *, namespace: str | None
+    ) -> Selector | None:
+        try:
+            return Selector(
+                route.kind,
+                namespace=namespace,
+                field_selector=query.get("fieldSelector", [None])[-1],
+                label_selector=query.get("labelSelector", [None])[-1],
+            )
+        except ValueError as exc:
+            self._status(400, str(exc))
+            return None
+
+    def _list(self, route: _Route, query: dict[str, list[str]]) -> None:
         double = self.server.double
         store = double._store
-        limit = int(query.get("limit", ["0"])[-1] or 0)
+        kind = route.kind
+        coll = store[kind.resource]
+        try:
+            limit = int(query.get("limit", ["0"])[-1] or 0)
+        except ValueError:
+            self._status(400, f"invalid limit in {self.path}")
+            return
         token = query.get("continue", [""])[-1]
-        field_selector = query.get("fieldSelector", [None])[-1]
-        label_selector = query.get("labelSelector", [None])[-1]
+        # the namespace of the path is a key range, as in etcd; selectors filter
+        selector = self._selector(route, query, namespace=None)
+        if selector is None:
+            return
         with store.cond:
             if token:
                 try:
@@ -318,42 +401,67 @@ class _Handler(BaseHTTPRequestHandler):
                         "list result. You can start a new list without the continue parameter.",
                     )
                     return
-                names, data = snap[1], snap[2]
+                if snap.resource != kind.resource:
+                    self._status(400, f"the continue token is not for {kind.resource}")
+                    return
+                keys, data, attrs_of = snap.keys, snap.data, snap.attrs
             else:
-                key, rv, start = "", store.rv, 0
-                names, data = sorted(store.nodes), store.nodes
-            filtered = field_selector or label_selector
+                key, rv = "", store.rv
+                keys, data, attrs_of = sorted(coll.objects), coll.objects, coll.attrs
+            low, high = coll.key_range(keys, route.namespace)
+            start = max(start, low) if token else low
             items: list[bytes] = []
             index = start
-            while index < len(names) and (not limit or len(items) < limit):
-                name = names[index]
+            while index < high and (not limit or len(items) < limit):
+                item_key = keys[index]
                 index += 1
-                if filtered and not _selector_matches(
-                    name, store.labels.get(name, {}), field_selector, label_selector
-                ):
-                    continue
-                items.append(data[name])
-            remaining = len(names) - index
+                if not selector.everything:
+                    attrs = attrs_of[item_key]
+                    if not selector.matches(attrs.labels, attrs.fields):
+                        continue
+                items.append(data[item_key])
+            remaining = high - index
             metadata: dict[str, Any] = {"resourceVersion": str(rv)}
             if limit and remaining > 0:
                 if not key:
-                    key = store.snapshot()
+                    key = store.snapshot(kind.resource, keys)
                 metadata["continue"] = encode_continue(key, rv, index)
-                if not filtered:
+                if selector.everything:
                     metadata["remainingItemCount"] = remaining
             elif key:
                 store.snapshots.pop(key, None)  # the last page: the snapshot is done
-        head = b'{"kind":"NodeList","apiVersion":"v1","metadata":%s,"items":[' % dumps(metadata)
+        head = b'{"kind":"%s","apiVersion":"%s","metadata":%s,"items":[' % (
+            kind.list_kind.encode(),
+            kind.api_version.encode(),
+            dumps(metadata),
+        )
         self._send_parts(200, [head, b",".join(items), b"]}"])
 
-    def _create(self, body: Any) -> None:
+    def _create(self, route: _Route, body: Any) -> None:
         double = self.server.double
+        kind = route.kind
         if not isinstance(body, dict):
-            self._status(400, "the body must be a Node object")
+            self._status(400, f"the body must be a {kind.kind} object")
             return
+        if route.namespace is not None:
+            metadata = dict(body.get("metadata") or {})
+            if metadata.get("namespace") not in (None, "", route.namespace):
+                self._status(
+                    400,
+                    "the namespace of the provided object does not match the namespace sent "
+                    "on the request",
+                    reason="BadRequest",
+                )
+                return
+            body = {**body, "metadata": {**metadata, "namespace": route.namespace}}
         try:
             with double._store.cond:
-                data = double._store.create(body)
+                if route.namespace is not None and (
+                    route.namespace not in double._store["namespaces"].objects
+                ):
+                    self._status(404, f'namespaces "{route.namespace}" not found')
+                    return
+                data = double._store.create(kind.resource, body)
         except Conflict as exc:
             self._status(409, str(exc), reason="AlreadyExists")
             return
@@ -362,34 +470,41 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(201, data)
 
-    # -- one node -------------------------------------------------------------------------
+    # -- one object -----------------------------------------------------------------------
 
-    def _item(self, verb: str, name: str, body: Any) -> None:
+    def _item(self, verb: str, route: _Route, body: Any) -> None:
         store = self.server.double._store
+        kind = route.kind
+        name = route.name
+        key = route.key
         with store.cond:
-            current = store.nodes.get(name)
+            current = store[kind.resource].objects.get(key)
             if current is None:
-                self._status(404, f'nodes "{name}" not found')
+                self._status(404, f'{kind.resource} "{name}" not found')
                 return
+            naming = {"name": name}
+            if route.namespace is not None:
+                naming["namespace"] = route.namespace
             try:
                 if verb == "get":
                     data = current
                 elif verb == "delete":
-                    data = store.delete(name)
+                    data = store.delete(kind.resource, key)
                 elif verb == "update":
-                    if not isinstance(body, dict) or (body.get("metadata") or {}).get(
-                        "name"
-                    ) not in (None, name):
-                        self._status(400, "the body must be the Node named in the path")
+                    metadata = body.get("metadata") if isinstance(body, dict) else None
+                    if not isinstance(body, dict) or any(
+                        (metadata or {}).get(k) not in (None, "", v) for k, v in naming.items()
+                    ):
+                        self._status(400, f"the body must be the {kind.kind} named in the path")
                         return
-                    body = {**body, "metadata": {**(body.get("metadata") or {}), "name": name}}
-                    data = store.update(body, check_rv=True)
+                    body = {**body, "metadata": {**(metadata or {}), **naming}}
+                    data = store.update(kind.resource, body, check_rv=True)
                 else:
                     patched = self._apply_patch(json.loads(current), body)
                     if patched is None:
                         return
-                    patched["metadata"] = {**(patched.get("metadata") or {}), "name": name}
-                    data = store.update(patched, check_rv=True)
+                    patched["metadata"] = {**(patched.get("metadata") or {}), **naming}
+                    data = store.update(kind.resource, patched, check_rv=True)
             except Conflict as exc:
                 self._status(409, str(exc))
                 return
@@ -435,13 +550,16 @@ class _Handler(BaseHTTPRequestHandler):
         if batch:
             self._chunk(b"".join(batch))
 
-    def _watch(self, query: dict[str, list[str]]) -> None:
+    def _watch(self, route: _Route, query: dict[str, list[str]]) -> None:
         double = self.server.double
         store = double._store
+        kind = route.kind
+        coll = store[kind.resource]
         rv_param = query.get("resourceVersion", [""])[-1]
         bookmarks = _flag(query, "allowWatchBookmarks")
-        field_selector = query.get("fieldSelector", [None])[-1]
-        label_selector = query.get("labelSelector", [None])[-1]
+        selector = self._selector(route, query, namespace=route.namespace)
+        if selector is None:
+            return
         try:
             timeout = float(query.get("timeoutSeconds", [""])[-1] or double.watch_timeout)
             start_rv = int(rv_param) if rv_param not in ("", "0") else None
@@ -449,38 +567,34 @@ class _Handler(BaseHTTPRequestHandler):
             self._status(400, f"invalid resourceVersion or timeoutSeconds in {self.path}")
             return
 
-        def wanted(event: Event) -> bool:
-            if not (field_selector or label_selector):
-                return True
-            return _selector_matches(event.name, event.labels, field_selector, label_selector)
-
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Cache-Control", "no-cache, private")
         self.end_headers()
-        stream = _Stream(self.connection, math.inf if double._stall_new else 0.0)
+        stream = _Stream(self.connection, kind.resource, kind.resource in double._stall_new)
         self.close_connection = True
         with double._conn_lock:
             double._streams.add(stream)
         try:
             with store.cond:
+                floor = coll.floor
                 if start_rv is None:
                     initial = [
-                        Event(store.rv, "ADDED", name, store.labels.get(name, {}), data)
-                        for name, data in store.nodes.items()
+                        Event(store.rv, "ADDED", key, coll.attrs[key], data)
+                        for key, data in coll.objects.items()
                     ]
                     cursor = store.rv
-                elif start_rv < store.floor:
+                elif start_rv < floor:
                     initial = []
                     cursor = -1
                 else:
                     initial = []
                     cursor = min(start_rv, store.rv)
             if cursor < 0:
-                self._error_event(f"too old resource version: {start_rv} ({store.floor})")
+                self._error_event(f"too old resource version: {start_rv} ({floor})")
                 return
-            self._write_lines(e.line() for e in initial if wanted(e))
+            self._write_lines(_visible(initial, selector))
             deadline = time.monotonic() + timeout
             next_bookmark = time.monotonic() + double.bookmark_interval
             while True:
@@ -501,12 +615,13 @@ class _Handler(BaseHTTPRequestHandler):
                             break
                         wake = deadline if not bookmarks else min(deadline, next_bookmark)
                         store.cond.wait(max(0.0, min(wake - now, 5.0)))
-                    events = None if stream.gone else store.events_after(cursor)
+                    events = None if stream.gone else store.events_after(kind.resource, cursor)
+                    floor = coll.floor
                     if events is not None:
-                        lines = [e.line() for e in events if wanted(e)]
+                        lines = _visible(events, selector)
                         cursor = store.rv
                 if events is None:
-                    self._error_event(f"too old resource version: {cursor} ({store.floor})")
+                    self._error_event(f"too old resource version: {cursor} ({floor})")
                     return
                 if lines:
                     self._write_lines(lines)
@@ -515,8 +630,8 @@ class _Handler(BaseHTTPRequestHandler):
                     stream.bookmark_now = False
                     next_bookmark = now + double.bookmark_interval
                     bookmark = {
-                        "kind": "Node",
-                        "apiVersion": "v1",
+                        "kind": kind.kind,
+                        "apiVersion": kind.api_version,
                         "metadata": {"resourceVersion": str(cursor), "creationTimestamp": None},
                     }
                     self._chunk(b'{"type":"BOOKMARK","object":%s}\n' % dumps(bookmark))
@@ -560,10 +675,13 @@ class ApiServerDouble:
         self._conn_lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._streams: set[_Stream] = set()
-        self._stall_new = False
+        self._stall_new: frozenset[str] = frozenset()  # resources whose new streams stall
         self._latency = 0.0
-        self._failures: collections.deque[tuple[int, frozenset[str] | None]] = collections.deque()
+        self._failures: collections.deque[
+            tuple[int, frozenset[str] | None, frozenset[str] | None]
+        ] = collections.deque()
         self.requests: collections.Counter[str] = collections.Counter()
+        self.resource_requests: collections.Counter[tuple[str, str]] = collections.Counter()
         # (verb, handler) -> True when it answered the request itself
         self.intercept: Callable[[str, Any], bool] | None = None
 
@@ -640,74 +758,194 @@ class ApiServerDouble:
             json.dump(config, f, indent=1)  # JSON is YAML
         return os.fspath(path)
 
-    # -- nodes ------------------------------------------------------------------------------
+    # -- objects of any kind ---------------------------------------------------------------
 
-    def add_node(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def add(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create ``obj`` (ADDED event); ``Conflict`` if it exists. Returns it as stored."""
         with self._store.cond:
-            return dict(json.loads(self._store.create(obj)))
+            return dict(json.loads(self._store.create(resource, obj)))
 
-    def update_node(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def update(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Replace ``obj`` (named by its metadata; MODIFIED event); ``KeyError`` if absent."""
         with self._store.cond:
-            return dict(json.loads(self._store.update(obj)))
+            return dict(json.loads(self._store.update(resource, obj)))
 
-    def patch_node(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        """Apply a JSON merge patch (RFC 7386) to one node."""
+    def patch(
+        self, resource: str, name: str, patch: dict[str, Any], *, namespace: str | None = None
+    ) -> dict[str, Any]:
+        """Apply a JSON merge patch (RFC 7386) to one object."""
         with self._store.cond:
-            current = json.loads(self._store.nodes[name])
+            coll = self._store[resource]
+            current = json.loads(coll.objects[object_key(coll.kind, name, namespace)])
             patched = merge_patch(current, patch)
             patched["metadata"]["name"] = name
-            return dict(json.loads(self._store.update(patched)))
+            if namespace is not None:
+                patched["metadata"]["namespace"] = namespace
+            return dict(json.loads(self._store.update(resource, patched)))
 
-    def delete_node(self, name: str) -> None:
+    def touch(self, resource: str, name: str, *, namespace: str | None = None) -> None:
+        """Store the object again unchanged: a new resourceVersion, a MODIFIED event."""
         with self._store.cond:
-            self._store.delete(name)
+            coll = self._store[resource]
+            self._store.update(
+                resource, json.loads(coll.objects[object_key(coll.kind, name, namespace)])
+            )
 
-    def get_node(self, name: str) -> dict[str, Any] | None:
+    def delete(self, resource: str, name: str, *, namespace: str | None = None) -> None:
+        """Delete one object (DELETED event); ``KeyError`` if absent. A namespace's pods
+        and network policies go with it (their DELETED events come first)."""
         with self._store.cond:
-            data = self._store.nodes.get(name)
+            coll = self._store[resource]
+            self._store.delete(resource, object_key(coll.kind, name, namespace))
+
+    def get(
+        self, resource: str, name: str, *, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        with self._store.cond:
+            coll = self._store[resource]
+            data = coll.objects.get(object_key(coll.kind, name, namespace))
         return None if data is None else dict(json.loads(data))
 
-    def node_names(self) -> list[str]:
+    def names(self, resource: str, *, namespace: str | None = None) -> list[str]:
+        """Sorted names (``namespace/name`` for namespaced kinds unless ``namespace`` is
+        given: then the names in it)."""
         with self._store.cond:
-            return sorted(self._store.nodes)
+            keys = sorted(self._store[resource].objects)
+        if namespace is None:
+            return keys
+        prefix = f"{namespace}/"
+        return [k[len(prefix) :] for k in keys if k.startswith(prefix)]
 
-    def set_nodes(self, nodes: Iterable[dict[str, Any]]) -> None:
-        """Make the node set exactly ``nodes``: ADDED for new names, MODIFIED for every
-        existing one, then DELETED for names not given. ``nodes`` is consumed one at a
-        time (pass a generator for thousands of nodes: only their JSON is kept)."""
+    def objects(self, resource: str, *, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every object of ``resource`` (in ``namespace``), in key order."""
+        with self._store.cond:
+            coll = self._store[resource]
+            keys = sorted(coll.objects)
+            low, high = coll.key_range(keys, namespace)
+            data = [coll.objects[k] for k in keys[low:high]]
+        return [dict(json.loads(d)) for d in data]
+
+    def set_objects(self, resource: str, objs: Iterable[dict[str, Any]]) -> None:
+        """Make the objects of ``resource`` exactly ``objs``: ADDED for new ones, MODIFIED
+        for every existing one, then DELETED for those not given. ``objs`` is consumed one
+        at a time (pass a generator for thousands: only their JSON is kept)."""
         store = self._store
+        coll = store[resource]
         seen: set[str] = set()
         batch: list[dict[str, Any]] = []
 
         def flush() -> None:
             with store.cond:
                 for obj in batch:
-                    name = obj["metadata"]["name"]
-                    seen.add(name)
-                    if name in store.nodes:
-                        store.update(obj)
+                    md = obj.get("metadata") or {}
+                    key = object_key(coll.kind, str(md.get("name")), md.get("namespace"))
+                    seen.add(key)
+                    if key in coll.objects:
+                        store.update(resource, obj)
                     else:
-                        store.create(obj)
+                        store.create(resource, obj)
             batch.clear()
 
-        for obj in nodes:
+        for obj in objs:
             batch.append(obj)
             if len(batch) >= 100:
                 flush()
         flush()
         with store.cond:
-            for name in [n for n in store.nodes if n not in seen]:
-                store.delete(name)
+            for key in [k for k in coll.objects if k not in seen]:
+                if key in coll.objects:  # a namespace's delete may have taken it already
+                    store.delete(resource, key)
+
+    # -- per-kind shorthands ------------------------------------------------------------------
+
+    def add_node(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self.add("nodes", obj)
+
+    def update_node(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self.update("nodes", obj)
+
+    def patch_node(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Apply a JSON merge patch (RFC 7386) to one node."""
+        return self.patch("nodes", name, patch)
+
+    def delete_node(self, name: str) -> None:
+        self.delete("nodes", name)
+
+    def get_node(self, name: str) -> dict[str, Any] | None:
+        return self.get("nodes", name)
+
+    def node_names(self) -> list[str]:
+        return self.names("nodes")
+
+    def set_nodes(self, nodes: Iterable[dict[str, Any]]) -> None:
+        """``set_objects("nodes", nodes)``."""
+        self.set_objects("nodes", nodes)
 
     def heartbeat(self, name: str) -> None:
         """What a kubelet status update does: new ``lastHeartbeatTime`` on every condition,
         a new resourceVersion, a MODIFIED event; nothing routing cares about changes."""
         stamp = now_iso()
         with self._store.cond:
-            obj = json.loads(self._store.nodes[name])
+            obj = json.loads(self._store["nodes"].objects[name])
             for condition in (obj.get("status") or {}).get("conditions") or ():
                 condition["lastHeartbeatTime"] = stamp
-            self._store.update(obj)
+            self._store.update("nodes", obj)
+
+    def add_pod(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self.add("pods", obj)
+
+    def update_pod(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self.update("pods", obj)
+
+    def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return self.patch("pods", name, patch, namespace=namespace)
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        self.delete("pods", name, namespace=namespace)
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get("pods", name, namespace=namespace)
+
+    def set_pods(self, pods: Iterable[dict[str, Any]]) -> None:
+        self.set_objects("pods", pods)
+
+    def add_namespace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self.add("namespaces", obj)
+
+    def update_namespace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self.update("namespaces", obj)
+
+    def patch_namespace(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return self.patch("namespaces", name, patch)
+
+    def delete_namespace(self, name: str) -> None:
+        self.delete("namespaces", name)
+
+    def get_namespace(self, name: str) -> dict[str, Any] | None:
+        return self.get("namespaces", name)
+
+    def set_namespaces(self, namespaces: Iterable[dict[str, Any]]) -> None:
+        self.set_objects("namespaces", namespaces)
+
+    def add_network_policy(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self.add("networkpolicies", obj)
+
+    def update_network_policy(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self.update("networkpolicies", obj)
+
+    def patch_network_policy(
+        self, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self.patch("networkpolicies", name, patch, namespace=namespace)
+
+    def delete_network_policy(self, namespace: str, name: str) -> None:
+        self.delete("networkpolicies", name, namespace=namespace)
+
+    def get_network_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get("networkpolicies", name, namespace=namespace)
+
+    def set_network_policies(self, policies: Iterable[dict[str, Any]]) -> None:
+        self.set_objects("networkpolicies", policies)
 
     @property
     def resource_version(self) -> str:
@@ -715,12 +953,18 @@ class ApiServerDouble:
             return str(self._store.rv)
 
     # -- faults -----------------------------------------------------------------------------
+    # ``resources`` (e.g. ``{"pods"}``), where taken, narrows a fault to those kinds.
 
-    def cut_watches(self) -> int:
-        """Drop every open watch stream abruptly (no terminating chunk); returns how many."""
+    def _streams_of(self, resources: Iterable[str] | None) -> list[_Stream]:
+        wanted = None if resources is None else frozenset(resources)
         with self._conn_lock:
-            streams = list(self._streams)
-            self._streams.clear()
+            return [s for s in self._streams if wanted is None or s.resource in wanted]
+
+    def cut_watches(self, *, resources: Iterable[str] | None = None) -> int:
+        """Drop every open watch stream abruptly (no terminating chunk); returns how many."""
+        streams = self._streams_of(resources)
+        with self._conn_lock:
+            self._streams.difference_update(streams)
         for stream in streams:
             stream.cut = True
             _abort(stream.sock)
@@ -728,62 +972,76 @@ class ApiServerDouble:
             self._store.cond.notify_all()
         return len(streams)
 
-    def stall_watches(self, seconds: float | None = None, *, new_streams: bool = False) -> int:
+    def stall_watches(
+        self,
+        seconds: float | None = None,
+        *,
+        new_streams: bool = False,
+        resources: Iterable[str] | None = None,
+    ) -> int:
         """Keep the open watch streams open but silent (no events, no bookmarks) for
         ``seconds`` or until ``release_watches()``; with ``new_streams`` also streams opened
         meanwhile. Events are delivered once a stream is released. Returns how many."""
         until = math.inf if seconds is None else time.monotonic() + seconds
+        streams = self._streams_of(resources)
         with self._conn_lock:
-            streams = list(self._streams)
             for stream in streams:
                 stream.stalled_until = until
-            self._stall_new = new_streams
+            if new_streams:
+                self._stall_new = frozenset(KINDS if resources is None else resources)
+            else:
+                self._stall_new = frozenset()
         return len(streams)
 
     def release_watches(self) -> None:
         with self._conn_lock:
             for stream in self._streams:
                 stream.stalled_until = 0.0
-            self._stall_new = False
+            self._stall_new = frozenset()
         with self._store.cond:
             self._store.cond.notify_all()
 
-    def expire_history(self) -> None:
+    def expire_history(self, *, resources: Iterable[str] | None = None) -> None:
         """Forget the event history and every continue token: a watch from any RV older
         than now, and a list continued from an older page, get 410 Gone."""
         with self._store.cond:
-            self._store.expire()
+            self._store.expire(resources)
 
-    def gone_watches(self, *, expire: bool = True) -> int:
+    def gone_watches(self, *, expire: bool = True, resources: Iterable[str] | None = None) -> int:
         """End every open watch stream with an ERROR event carrying a 410 Status (what a
         real server does when a watcher falls out of its window); by default also
         ``expire_history()`` so that resuming from the last RV fails too."""
+        chosen = None if resources is None else frozenset(resources)
         with self._store.cond:
             if expire:
-                self._store.expire()
-            with self._conn_lock:
-                streams = list(self._streams)
-                for stream in streams:
-                    stream.gone = True
+                self._store.expire(chosen)
+            streams = self._streams_of(chosen)
+            for stream in streams:
+                stream.gone = True
             self._store.cond.notify_all()
         return len(streams)
 
-    def send_bookmarks(self) -> None:
+    def send_bookmarks(self, *, resources: Iterable[str] | None = None) -> None:
         """Send a BOOKMARK now on every stream that asked for bookmarks."""
         with self._store.cond:
-            with self._conn_lock:
-                for stream in self._streams:
-                    stream.bookmark_now = True
+            for stream in self._streams_of(resources):
+                stream.bookmark_now = True
             self._store.cond.notify_all()
 
     def fail_requests(
-        self, n: int, status: int = 500, *, verbs: Iterable[str] | None = None
+        self,
+        n: int,
+        status: int = 500,
+        *,
+        verbs: Iterable[str] | None = None,
+        resources: Iterable[str] | None = None,
     ) -> None:
-        """Answer the next ``n`` requests (of ``verbs`` only, e.g. ``{"list"}``, when given)
-        with a Status of code ``status``."""
+        """Answer the next ``n`` requests (of ``verbs`` only, e.g. ``{"list"}``, and of
+        ``resources`` only, when given) with a Status of code ``status``."""
         only = frozenset(verbs) if verbs is not None else None
+        kinds = frozenset(resources) if resources is not None else None
         with self._conn_lock:
-            self._failures.extend([(status, only)] * n)
+            self._failures.extend([(status, only, kinds)] * n)
 
     def clear_failures(self) -> None:
         with self._conn_lock:
@@ -808,20 +1066,27 @@ class ApiServerDouble:
         with self._conn_lock:
             return len(self._streams)
 
+    def active_watches_of(self, resource: str) -> int:
+        """Open watch streams on ``resource`` (``"pods"``, ...)."""
+        return len(self._streams_of((resource,)))
+
     def reset_counters(self) -> None:
         with self._conn_lock:
             self.requests.clear()
+            self.resource_requests.clear()
 
     # -- internal -----------------------------------------------------------------------------
 
-    def _count(self, verb: str) -> None:
+    def _count(self, verb: str, resource: str) -> None:
         with self._conn_lock:
             self.requests[verb] += 1
+            if resource:
+                self.resource_requests[resource, verb] += 1
 
-    def _take_failure(self, verb: str) -> int | None:
+    def _take_failure(self, verb: str, resource: str) -> int | None:
         with self._conn_lock:
-            for i, (status, only) in enumerate(self._failures):
-                if only is None or verb in only:
+            for i, (status, only, kinds) in enumerate(self._failures):
+                if (only is None or verb in only) and (kinds is None or resource in kinds):
                     del self._failures[i]
                     return status
         return None

@@ -10,8 +10,9 @@ process one shared 1 MiB block, not 100 MB).
     hostile.on("list", hang())                   # never answers (until released)
     hostile.clear()
 
-``on(verb, answer, times=None)`` queues an answer for the next ``times`` requests of
-``verb`` (``list``, ``watch``, ``get``, ...; ``None``: every request until ``clear``);
+``on(verb, answer, times=None, resource=None)`` queues an answer for the next ``times``
+requests of ``verb`` (``list``, ``watch``, ``get``, ...; ``None``: every request until
+``clear``), of ``resource`` only when given (``"pods"``, ``"networkpolicies"``, ...);
 other requests are served normally. ``sent[verb]`` counts the body bytes written for
 hostile answers before the client went away; ``served[verb]`` the answers begun.
 
@@ -50,15 +51,22 @@ class Hostile:
     def __init__(self, api: ApiServerDouble) -> None:
         self.api = api
         self._lock = threading.Lock()
-        self._queue: list[tuple[str, Answer, int | None]] = []
+        self._queue: list[tuple[str, str | None, Answer, int | None]] = []
         self.released = threading.Event()
         self.sent: collections.Counter[str] = collections.Counter()
         self.served: collections.Counter[str] = collections.Counter()
         api.intercept = self._intercept
 
-    def on(self, verb: str, answer: Answer, *, times: int | None = None) -> Hostile:
+    def on(
+        self,
+        verb: str,
+        answer: Answer,
+        *,
+        times: int | None = None,
+        resource: str | None = None,
+    ) -> Hostile:
         with self._lock:
-            self._queue.append((verb, answer, times))
+            self._queue.append((verb, resource, answer, times))
         return self
 
     def clear(self) -> None:
@@ -70,15 +78,16 @@ class Hostile:
         self.released.set()
 
     def _intercept(self, verb: str, handler: Any) -> bool:
+        resource = getattr(handler, "resource", "")
         with self._lock:
-            for i, (want, answer, times) in enumerate(self._queue):
-                if want != verb:
+            for i, (want, kind, answer, times) in enumerate(self._queue):
+                if want != verb or kind not in (None, resource):
                     continue
                 if times is not None:
                     if times <= 1:
                         del self._queue[i]
                     else:
-                        self._queue[i] = (want, answer, times - 1)
+                        self._queue[i] = (want, kind, answer, times - 1)
                 self.served[verb] += 1
                 break
             else:
