@@ -52,6 +52,7 @@ from xcluster_cni_lib.core.overlay import (
 from xcluster_cni_lib.core.ownnode import find_own, machine_id_key
 from xcluster_cni_lib.core.values import IPAddress, Problem
 from xcluster_cni_lib.support import jsonlog
+from xcluster_cni_lib.sync.loop import ReconcileLoop
 from xcluster_cni_lib.sync.nodecache import CachedNode, NodeCache
 
 log = jsonlog.get_logger(__name__)
@@ -128,12 +129,14 @@ class OverlayResult:
     generation: int = -1  # the cache generation reconciled
 
 
-class OverlayReconciler:
+class OverlayReconciler(ReconcileLoop):
     """Keeps the vxlan device and its entries in line with a ``NodeCache``.
 
     ``node_name``/``machine_id`` identify the own node (its address is the device's
     local address; it gets no entries). :meth:`notify` is the cache listener,
     :meth:`notify_kernel` the kernel monitor's; :meth:`run` the loop."""
+
+    loop_name = "overlay"
 
     def __init__(
         self,
@@ -501,80 +504,14 @@ class OverlayReconciler:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event, *, max_failures: int = 10) -> None:
-        """Reconcile until ``stop`` is set (see the module doc); leaves everything in
-        place when it returns. Returns early after ``max_failures`` consecutive
-        reconciles that raised for another reason than the device's problem."""
-        retry_at: float | None = None
-        last_start = -1e9
-        full_next = True
-        self._node_change = True
-        self._wake.set()
-        while not stop.is_set():
-            self.last_tick = self.clock()
-            next_resync = self._last_full + self.resync_interval
-            due = min(next_resync, retry_at if retry_at is not None else next_resync)
-            timeout = max(0.0, min(due - self.clock(), 0.5))
-            if not self._wake.wait(timeout) and self.clock() < due:
-                continue
-            if stop.is_set():
-                break
-            if self._node_change:
-                hold = last_start + self.coalesce - self.clock()
-                if hold > 0 and stop.wait(hold):
-                    break
-            self._wake.clear()
-            started = self.clock()
-            node_change = self._node_change
-            if node_change:
-                self._node_change = False
-                last_start = started
-            retrying = retry_at is not None and started >= retry_at
-            result: OverlayResult | None = None
-            try:
-                if full_next or (
-                    started >= next_resync and not (node_change and started < next_resync + 1.0)
-                ):
-                    result = self.run_once()
-                else:
-                    result = self.run_changes(retry=retrying)
-            except Exception as e:
-                full_next = True
-                if self.metrics is not None:
-                    self.metrics.syncs.labels(result="error").inc()
-                device_problem = self._kernel_problem is not None
-                if not device_problem:
-                    self.failed_syncs += 1
-                log.error(
-                    "overlay sync failed",
-                    error=f"{type(e).__name__}: {e}",
-                    consecutive=self.failed_syncs,
-                )
-                if self.failed_syncs >= max_failures:
-                    log.error(
-                        "overlay: giving up after repeated failures", failures=self.failed_syncs
-                    )
-                    return
-                retry_at = self.clock() + self._next_retry_delay()
-                if self.on_iteration is not None:
-                    self.on_iteration(None)
-                continue
-            full_next = False
-            self.failed_syncs = 0
-            if self._failed_n or self._failed_f:
-                if retry_at is None or retrying or (result is not None and result.full):
-                    retry_at = self.clock() + self._next_retry_delay()
-            else:
-                retry_at = None
-                self._retry_delay = 0.0
-            if result is not None and self.on_iteration is not None:
-                self.on_iteration(result)
+    # (``run``: the loop of ``sync.loop.ReconcileLoop``)
 
-    def _next_retry_delay(self) -> float:
-        self._retry_delay = min(
-            self.retry_max, self._retry_delay * 2 if self._retry_delay else self.retry_min
-        )
-        return self._retry_delay
+    def _retries_pending(self) -> bool:
+        return bool(self._failed_n or self._failed_f)
+
+    def _counts_as_failure(self) -> bool:
+        # the device's own problem is reported and retried; it never ends the loop
+        return self._kernel_problem is None
 
 
 def _describe(entry: Neighbour | Fdb) -> dict[str, str]:

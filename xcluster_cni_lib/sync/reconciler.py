@@ -41,6 +41,7 @@ from xcluster_cni_lib.core.ports import RouteTable, TrackingRouteTable
 from xcluster_cni_lib.core.ranges import RangePolicy
 from xcluster_cni_lib.core.values import IPNetwork, NodeNetwork, Plan, Problem, Route, RouteOutcome
 from xcluster_cni_lib.support import jsonlog
+from xcluster_cni_lib.sync.loop import ReconcileLoop
 from xcluster_cni_lib.sync.metrics import DaemonMetrics
 from xcluster_cni_lib.sync.nodecache import CachedNode, CacheView, NodeCache
 from xcluster_cni_lib.sync.outcomes import (
@@ -59,7 +60,7 @@ __all__ = ["Reconciler", "SyncResult", "skip_reasons"]  # the last two from ``ou
 log = jsonlog.get_logger(__name__)
 
 
-class Reconciler:
+class Reconciler(ReconcileLoop):
     """Keeps a ``RouteTable`` in line with a ``NodeCache``.
 
     ``node_name``/``machine_id`` identify the own node, which gets no route; with
@@ -427,80 +428,7 @@ class Reconciler:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event, *, max_failures: int = 10) -> None:
-        """Reconcile until ``stop`` is set: fully at once on the first call and every
-        ``resync_interval``; on every notification (coalesced), and on retry deadlines,
-        incrementally where the table allows it (:meth:`run_changes`).
+    # (``run``: the loop of ``sync.loop.ReconcileLoop``)
 
-        After ``max_failures`` consecutive reconciles that raised, the loop returns (the
-        caller reports unhealthy and the platform restarts the process; routes stay)."""
-        retry_at: float | None = None
-        last_start = -1e9  # of the last reconcile a node change asked for
-        self._node_change = True
-        self._wake.set()
-        full_next = True  # at start, and after a reconcile that raised
-        while not stop.is_set():
-            self.last_tick = self.clock()
-            next_resync = self._last_full + self.resync_interval
-            due = min(next_resync, retry_at if retry_at is not None else next_resync)
-            timeout = max(0.0, min(due - self.clock(), 0.5))
-            if not self._wake.wait(timeout) and self.clock() < due:
-                continue
-            if stop.is_set():
-                break
-            # Leading edge: a node change goes at once unless another one started a
-            # reconcile less than `coalesce` ago; then it waits for the window's end and
-            # takes everything that arrived meanwhile along.
-            if self._node_change:
-                hold = last_start + self.coalesce - self.clock()
-                if hold > 0 and stop.wait(hold):
-                    break
-            self._wake.clear()
-            started = self.clock()
-            node_change = self._node_change
-            if node_change:
-                self._node_change = False
-                last_start = started
-            retrying = retry_at is not None and started >= retry_at
-            result: SyncResult | None = None
-            try:
-                # A node change does not wait for a resync that is due: the resync
-                # follows right after (its deadline stays passed), at most 1 s late.
-                if full_next or (
-                    started >= next_resync and not (node_change and started < next_resync + 1.0)
-                ):
-                    result = self.run_once()
-                else:
-                    result = self.run_changes(retry=retrying)
-            except Exception as e:
-                full_next = True
-                self.failed_syncs += 1
-                if self.metrics is not None:
-                    self.metrics.syncs.labels(result="error").inc()
-                log.error(
-                    "sync failed", error=f"{type(e).__name__}: {e}", consecutive=self.failed_syncs
-                )
-                if self.failed_syncs >= max_failures:
-                    log.error("giving up after repeated sync failures", failures=self.failed_syncs)
-                    return
-                retry_at = self.clock() + self._next_retry_delay()
-                if self.on_iteration is not None:
-                    self.on_iteration(None)
-                continue
-            full_next = False
-            self.failed_syncs = 0
-            if self._failed:
-                # failed routes are retried with backoff (not by every other reconcile)
-                if retry_at is None or retrying or (result is not None and result.full):
-                    retry_at = self.clock() + self._next_retry_delay()
-            else:
-                retry_at = None
-                self._retry_delay = 0.0
-            if result is not None and self.on_iteration is not None:
-                self.on_iteration(result)
-
-    def _next_retry_delay(self) -> float:
-        self._retry_delay = min(
-            self.retry_max, self._retry_delay * 2 if self._retry_delay else self.retry_min
-        )
-        return self._retry_delay
+    def _retries_pending(self) -> bool:
+        return bool(self._failed)
