@@ -79,3 +79,28 @@ def test_missing_device_fails_its_routes_only(gw_netns: str) -> None:
     assert outcomes[other].ok
     assert outcomes[V4].status == "error"
     assert outcomes[V4].reason == f"ENODEV: no device {DEV}"
+
+
+def test_switching_ipv6_onto_the_device_and_a_foreign_holder_is_a_conflict(
+    gw_netns: str, vx_table: NetlinkRouteTable
+) -> None:
+    """IPv6 checks an on-link gateway against the routes present: over our direct route
+    to the same CIDR (switching the overlay on) the kernel answers EINVAL, not EEXIST;
+    the table swaps ours, and calls another program's route a conflict."""
+    direct = Route(V6.dst, ipaddress.ip_address("fd00:77::2"))
+    assert all(o.ok for o in vx_table.apply(Plan(add=(direct,))))
+    for plan in (Plan(replace=(V6,)), Plan(add=(V6,))):
+        vx_table.apply(Plan(delete=(V6,), add=(direct,)))  # back to the direct route
+        outcomes = vx_table.apply(plan)
+        assert [o.status for o in outcomes] == ["ok"], outcomes
+        assert vx_table.list_routes() == [V6]
+    other = Route(
+        ipaddress.ip_network("fd00:10:244:6::/64"),
+        ipaddress.ip_address("fd00:10:244:6::"),
+        device=DEV,
+    )
+    _ip(gw_netns, "-6", "route", "add", str(other.dst), "via", "fd00:77::3", "proto", "static")
+    for plan in (Plan(add=(other,)), Plan(replace=(other,))):
+        [outcome] = vx_table.apply(plan)
+        assert outcome.status == "conflict", outcome
+        assert "protocol 4 (static)" in outcome.reason

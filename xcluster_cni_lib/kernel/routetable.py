@@ -45,6 +45,18 @@ _UNKNOWN: Final = Held(-1, -1, None)
 _NO_ROUTE: Final = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ESRCH})
 
 
+def _needs_swap(route: Route) -> bool:
+    """An IPv6 route through the overlay device: written over our route to the same
+    destination by delete and create (see ``NetlinkRouteTable._swap``)."""
+    return route.device is not None and route.family == 6
+
+
+def _held_elsewhere(route: Route, err: int) -> bool:
+    """An IPv6 on-link route refused because a route through another device covers its
+    gateway: the kernel's EINVAL means "a route holds this" as EEXIST does elsewhere."""
+    return err == errno.EINVAL and _needs_swap(route)
+
+
 def _outcome(op: str, route: Route, err: int, message: str) -> RouteOutcome:
     if err == 0:
         return RouteOutcome(op, route)
@@ -344,7 +356,10 @@ class NetlinkRouteTable:
                     outcomes[i] = self._conflict("replace", routes[i], foreign)
                 else:
                     ours.append(i)
+        swap = [i for i in ours if _needs_swap(routes[i])]
+        ours = [i for i in ours if not _needs_swap(routes[i])]
         self._write(rc.NLM_F_CREATE | rc.NLM_F_REPLACE, "replace", routes, sorted(ours), outcomes)
+        self._swap("replace", routes, swap, outcomes)
         if free:
             # nothing of ours to replace: create, but never over a route that appeared
             errs = self._write(rc.NLM_F_CREATE | rc.NLM_F_EXCL, "replace", routes, free, outcomes)
@@ -385,7 +400,11 @@ class NetlinkRouteTable:
         outcomes: list[RouteOutcome | None] = [
             _outcome("add", r, err, msg) for r, (err, msg) in zip(routes, results, strict=True)
         ]
-        existing = [i for i, (err, _) in enumerate(results) if err == errno.EEXIST]
+        existing = [
+            i
+            for i, (err, _) in enumerate(results)
+            if err == errno.EEXIST or _held_elsewhere(routes[i], err)
+        ]
         if not existing:
             return [o for o in outcomes if o is not None]
         # Something holds these destinations: find out what before deciding.
@@ -418,10 +437,29 @@ class NetlinkRouteTable:
                     outcomes[i] = RouteOutcome(
                         "add", route, "error", "EEXIST: a route appeared and vanished meanwhile"
                     )
-        self._write(
-            rc.NLM_F_CREATE | rc.NLM_F_REPLACE, "add", routes, sorted(ours_elsewhere), outcomes
-        )
+        swap = [i for i in ours_elsewhere if _needs_swap(routes[i])]
+        rest = sorted(i for i in ours_elsewhere if not _needs_swap(routes[i]))
+        self._write(rc.NLM_F_CREATE | rc.NLM_F_REPLACE, "add", routes, rest, outcomes)
+        self._swap("add", routes, swap, outcomes)
         return [o for o in outcomes if o is not None]
+
+    def _swap(
+        self,
+        op: str,
+        routes: Sequence[Route],
+        indexes: Sequence[int],
+        outcomes: list[RouteOutcome | None],
+    ) -> None:
+        """Our route to each destination goes, then the new one is created: an IPv6
+        on-link route cannot replace a route through another device (the kernel checks
+        the gateway against the routes present and answers EINVAL). A moment without a
+        route, only when switching a destination onto the overlay device."""
+        if not indexes:
+            return
+        chosen = [routes[i] for i in indexes]
+        by_dst = [Route(r.dst, r.gateway) for r in chosen]
+        self._send(rc.RTM_DELROUTE, 0, by_dst, 0, gateway=False)  # ours only: protocol
+        self._write(rc.NLM_F_CREATE | rc.NLM_F_EXCL, op, routes, indexes, outcomes)
 
     def _foreign_holder(self, route: Route, held: dict[Key, list[Held]]) -> Held | None:
         """The other protocol's route that an add/replace of ``route`` would collide with
@@ -480,7 +518,7 @@ class NetlinkRouteTable:
         return results
 
     def _send(
-        self, msg_type: int, flags: int, routes: Sequence[Route], oif: int
+        self, msg_type: int, flags: int, routes: Sequence[Route], oif: int, *, gateway: bool = True
     ) -> list[tuple[int, str]]:
         """Send one request per route, many per ``send``; (errno, kernel message) per
         route (``Channel.exchange``). When tracking, each send's successful writes are
@@ -507,7 +545,7 @@ class NetlinkRouteTable:
                 seq=base,
                 table=self._table,
                 protocol=self._protocol,
-                gateway=True,
+                gateway=gateway,
                 scope=scope,
                 route_type=route_type,
                 oif=oif,

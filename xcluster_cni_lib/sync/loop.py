@@ -12,6 +12,7 @@ class. ``run`` then:
   one started a reconcile less than ``coalesce`` ago: then it waits for the window's end
   and takes everything that arrived meanwhile along (a due resync follows, at most 1 s
   late);
+- ``request_full()`` asks for a full reconcile at once;
 - retries failed objects with exponential backoff (``retry_min`` doubling up to
   ``retry_max``), and a reconcile that raised the same way;
 - returns after ``max_failures`` consecutive reconciles that raised (the caller reports
@@ -47,6 +48,12 @@ class ReconcileLoop:
     _node_change: bool
     _last_full: float
     _retry_delay: float
+    _full_requested = False
+
+    def request_full(self) -> None:
+        """Reconcile fully at once (e.g. a device the objects need is back)."""
+        self._full_requested = True
+        self._wake.set()
 
     def run_once(self) -> Any:
         raise NotImplementedError
@@ -82,6 +89,9 @@ class ReconcileLoop:
                 if hold > 0 and stop.wait(hold):
                     break
             self._wake.clear()
+            if self._full_requested:
+                self._full_requested = False
+                full_next = True
             started = self.clock()
             node_change = self._node_change
             if node_change:
