@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import statistics
 import tempfile
@@ -26,9 +27,22 @@ from tests.soak.cluster import ADDRESS_ANNOTATION, CIDR_ANNOTATION, Cluster, Dae
 from tests.soak.daemons import DaemonProc
 from tests.soak.ipam_load import IpamLoad
 from tests.soak.nsutil import HUB_V4, NetnsExecutor, Topology, ip, kernel_routes
+from tests.soak.overlay_phase import (
+    SET_NAMES,
+    OverlayState,
+    device_name,
+    expected_overlay,
+    read_device_mac,
+    read_fdb,
+    read_neighbours,
+    read_overlay,
+    read_sets,
+    table_name,
+)
 from xcluster_cni_lib.core.planning import route_sort_key
 from xcluster_cni_lib.core.values import IPNetwork, Route
 from xcluster_cni_lib.kernel.routetable import NetlinkRouteTable
+from xcluster_cni_lib.testing.netns import run_in
 from xcluster_cni_lib.testing.nodes import default_internal_ips, default_pod_cidrs
 
 API_PORT = 6443
@@ -59,6 +73,17 @@ FAULTS = (
     "daemon_sigterm_sync",
 )
 LONG_FAULTS = ("watch_stall_dead",)  # only in runs of 10 minutes or more
+# The overlay phase (OVERLAY=vxlan, MASQUERADE=true): switched on once, then these join
+# the deck; each damage must be repaired within OVERLAY_RESTORE_BOUND.
+OVERLAY_SWITCH = "overlay_switch_on"
+OVERLAY_FAULTS = (
+    "vxlan_device_deleted",
+    "fdb_entry_deleted",
+    "neighbour_deleted",
+    "nft_set_flushed",
+    "nft_table_deleted",
+)
+OVERLAY_RESTORE_BOUND = 1.0
 
 
 @attrs.define
@@ -71,6 +96,8 @@ class Options:
     burst: int = 100
     bulk: int = 300
     churn_window: tuple[float, float] = (1.0, 4.0)
+    # the last share of ``duration`` runs with OVERLAY=vxlan and MASQUERADE=true (0: never)
+    overlay_share: float = 0.3
     workdir: str | None = None
     keep: bool = False
     log: Callable[[str], None] = print
@@ -121,6 +148,9 @@ class Campaign:
         self.rate_shortfall = 0
         self.root = Path(__file__).resolve().parents[2]
         self.edits_during_violations = 0
+        self.overlay_on = False
+        self.overlay_started: float | None = None  # campaign seconds
+        self.overlay_phases = 0
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -232,8 +262,27 @@ class Campaign:
     # -- expectations ----------------------------------------------------------------------
 
     def expected(self, d: DaemonProc) -> set[Route]:
+        return self.want(d)[0]
+
+    def want(self, d: DaemonProc) -> tuple[set[Route], OverlayState | None]:
+        """The routes (and, in the overlay phase, the overlay state) the current node
+        list implies for ``d``."""
         held = self.foreign.get(d.key, {})
-        return {r for r in self.cluster.expected(d.view) if r.dst not in held}
+        if not self.overlay_on:
+            return {r for r in self.cluster.expected(d.view) if r.dst not in held}, None
+        routes, state = expected_overlay(
+            self.cluster.networks(d.view), own=d.view.own, device=device_name(d.protocol)
+        )
+        return {r for r in routes if r.dst not in held}, state
+
+    def overlay_state(self, d: DaemonProc) -> OverlayState:
+        return read_overlay(d.ns.ns, d.protocol)
+
+    def _equal(self, d: DaemonProc, want: tuple[set[Route], OverlayState | None]) -> bool:
+        routes, state = want
+        if self.kernel(d) != routes:
+            return False
+        return state is None or self.overlay_state(d) == state
 
     def kernel(self, d: DaemonProc) -> set[Route]:
         """The daemon's routes in the kernel. Dumped until two dumps agree: the kernel's
@@ -316,6 +365,34 @@ class Campaign:
 
         return sample
 
+    def ready(self, d: DaemonProc) -> bool:
+        """Whether ``d`` is ready, or not ready only because of the foreign routes the
+        campaign holds in its namespace (/readyz names routes that are not in place,
+        conflicts included: that is right, and all it may name then)."""
+        if not d.alive():
+            return False
+        code, body = d.get("/readyz")
+        if code == 200:
+            return True
+        held = self.foreign.get(d.key, {})
+        if code != 503 or not held:
+            return False
+        lines = [line for line in body.splitlines() if line.strip()]
+        head = re.match(r"(\d+) routes not in place: ", lines[0]) if len(lines) == 1 else None
+        # (a held destination the node list no longer routes is not named)
+        if head is None or not 1 <= int(head.group(1)) <= len(held):
+            return False
+        # "<dst>: <status> (<reason>)" per route, "; " between them (and in reasons)
+        named = re.findall(r"(?:^|; )([0-9a-f.:]+/\d+): (\w+) \(", lines[0][head.end() :])
+        held_dsts = {str(dst) for dst in held}
+        if len(named) != min(3, int(head.group(1))):
+            return False
+        for dst, status in named:
+            if status != "conflict" or dst not in held_dsts:
+                return False
+        self.checks["unready_only_for_foreign_routes"] += 1
+        return True
+
     def wait_converged(self, d: DaemonProc, timeout: float = 10.0) -> bool:
         want = self.expected(d)
         end = time.monotonic() + timeout
@@ -338,7 +415,7 @@ class Campaign:
         ``allow`` seconds passed since ``quiet_from`` (default ``t_ref``), each daemon's
         routes must equal the routes the current node list implies."""
         quiet_from = t_ref if quiet_from is None else quiet_from
-        want = {d.key: self.expected(d) for d in self.daemons}
+        want = {d.key: self.want(d) for d in self.daemons}
         first_equal: dict[str, float] = {}
         ready_at: dict[str, float] = {}
         deadline_ready = max(time.monotonic(), quiet_from) + READY_BOUND
@@ -346,13 +423,13 @@ class Campaign:
         while True:
             rounds += 1
             for d in self.daemons:
-                if d.key not in first_equal and self.kernel(d) == want[d.key]:
+                if d.key not in first_equal and self._equal(d, want[d.key]):
                     first_equal[d.key] = time.monotonic()
             for d in self.daemons:
                 # Probe readiness once equal (or now and then): probes cost CPU that the
                 # daemons need, and the routes are what is measured.
                 probe = d.key in first_equal or rounds % 5 == 1
-                if d.key not in ready_at and probe and d.ready():
+                if d.key not in ready_at and probe and self.ready(d):
                     ready_at[d.key] = time.monotonic()
             now = time.monotonic()
             if len(ready_at) == len(self.daemons):
@@ -367,27 +444,46 @@ class Campaign:
         late: list[DaemonProc] = []
         for d in self.daemons:
             self.checks["quiet_period_routes_equal"] += 1
+            want_routes, want_state = want[d.key]
             have = self.kernel(d)
-            if have == want[d.key]:
+            ok = have == want_routes
+            if not ok:
+                missing, extra = want_routes - have, have - want_routes
+                self.violate(
+                    "divergence_after_quiet_period",
+                    f"{d.key}: missing {len(missing)} {_show(missing)}, "
+                    f"extra {len(extra)} {_show(extra)}",
+                )
+            if want_state is not None:
+                self.checks["quiet_period_overlay_equal"] += 1
+                found = self.overlay_state(d)
+                if found != want_state:
+                    ok = False
+                    self.violate(
+                        "overlay_divergence_after_quiet_period",
+                        f"{d.key}: {want_state.diff(found)}",
+                    )
+            if ok:
                 first_equal.setdefault(d.key, time.monotonic())
-                continue
-            missing, extra = want[d.key] - have, have - want[d.key]
-            self.violate(
-                "divergence_after_quiet_period",
-                f"{d.key}: missing {len(missing)} {_show(missing)}, "
-                f"extra {len(extra)} {_show(extra)}",
-            )
-            late.append(d)
+            else:
+                late.append(d)
         settle_end = time.monotonic() + SETTLE_BOUND
         while late and time.monotonic() < settle_end:
             for d in list(late):
-                if self.kernel(d) == want[d.key]:
+                if self._equal(d, want[d.key]):
                     first_equal[d.key] = time.monotonic()
                     late.remove(d)
             time.sleep(0.1)
         for d in late:
+            detail = ""
+            want_routes, want_state = want[d.key]
+            if want_state is not None:
+                routes_ok = self.kernel(d) == want_routes
+                detail = f" (routes {'equal' if routes_ok else 'differ'}; overlay: "
+                detail += f"{want_state.diff(self.overlay_state(d))})"
             self.violate(
-                "no_convergence", f"{d.key}: still wrong {SETTLE_BOUND:g}s after the check"
+                "no_convergence",
+                f"{d.key}: still wrong {SETTLE_BOUND:g}s after the check{detail}",
             )
         self.check_foreign()
         if first_equal and record:
@@ -595,6 +691,156 @@ class Campaign:
         d.start()
         return time.monotonic()
 
+    # -- the overlay phase ---------------------------------------------------------------
+
+    def fault_overlay_switch_on(self) -> float:
+        """Every daemon restarted (SIGTERM, as a rolling update does) with OVERLAY=vxlan
+        and MASQUERADE=true, while the nodes churn: each direct route must become its
+        overlay route, and the device, its entries and the nft table appear."""
+        self.churn(self.rng.uniform(0.3, 1.0))
+        self.overlay_on = True
+        self.overlay_started = round(self.now(), 1)
+        for d in self.daemons:
+            took, code = d.terminate(timeout=10.0)
+            if code != 0:
+                self.violate("sigterm_exit_code", f"{d.key}: exit {code} after {took:.2f}s")
+            d.env.update({"OVERLAY": "vxlan", "MASQUERADE": "true"})
+            self.tables[d.key].close()
+            self.tables[d.key] = NetlinkRouteTable(
+                d.protocol, netns=d.ns.ns, device=device_name(d.protocol)
+            )
+            d.start()
+        self.churn(self.rng.uniform(*self.o.churn_window))
+        return time.monotonic()
+
+    def _overlay_restored(
+        self, d: DaemonProc, what: str, check: Callable[[], bool], t0: float
+    ) -> None:
+        """Poll ``check`` until the daemon has repaired the damage; records the time, a
+        violation when it took more than OVERLAY_RESTORE_BOUND (or never came, 5 s)."""
+        while time.monotonic() - t0 < 5.0:
+            if check():
+                took = time.monotonic() - t0
+                self.recovery.setdefault(self.kind, []).append(took)
+                self.checks["overlay_restored"] += 1
+                if took > OVERLAY_RESTORE_BOUND:
+                    self.violate(
+                        "overlay_restore_slow",
+                        f"{d.key}: {what} restored after {took:.2f}s "
+                        f"(limit {OVERLAY_RESTORE_BOUND:g} s)",
+                    )
+                return
+            time.sleep(0.01)
+        self.violate("overlay_not_restored", f"{d.key}: {what} not back after 5 s")
+
+    def _overlay_damage(self, damage: Callable[[DaemonProc, OverlayState], str | None]) -> float:
+        """Damage one daemon's overlay (every phase ends converged, so what is there is
+        wanted), wait for the repair, then the quiet-period check."""
+        d = self.rng.choice(self.daemons)
+        _, state = self.want(d)
+        assert state is not None
+        what = damage(d, state)
+        if what is not None:
+            self.log(f"  {what} in {d.key}'s namespace")
+        self.verify(time.monotonic(), record=False)
+        return -1.0
+
+    def fault_vxlan_device_deleted(self) -> float:
+        def damage(d: DaemonProc, state: OverlayState) -> str:
+            device = device_name(d.protocol)
+            routes = self.expected(d)
+            ip(d.ns.ns, ["link", "del", device])
+            t0 = time.monotonic()
+
+            # One part at a time, each read only until it is right (a whole read takes a
+            # few hundred ms on a busy machine: too coarse to time a 1 s bound).
+            parts = [
+                lambda: read_device_mac(d.ns.ns, device) == state.device_mac,
+                lambda: read_fdb(d.ns.ns, device) == state.fdb,
+                lambda: read_neighbours(d.ns.ns, device) == state.neighbours,
+                lambda: self.kernel(d) == routes,
+            ]
+
+            def back() -> bool:
+                while parts and parts[0]():
+                    parts.pop(0)
+                return not parts
+
+            self._overlay_restored(d, f"{device} (deleted) with its entries and routes", back, t0)
+            return f"{device} deleted"
+
+        return self._overlay_damage(damage)
+
+    def fault_fdb_entry_deleted(self) -> float:
+        def damage(d: DaemonProc, state: OverlayState) -> str | None:
+            if not state.fdb:
+                return None
+            device = device_name(d.protocol)
+            mac, dst = self.rng.choice(sorted(state.fdb, key=str))
+            run_in(d.ns.ns, ["bridge", "fdb", "del", mac, "dev", device, "dst", str(dst)])
+            t0 = time.monotonic()
+            entry = (mac, dst)
+            self._overlay_restored(
+                d, f"fdb {mac} dst {dst}", lambda: entry in read_fdb(d.ns.ns, device), t0
+            )
+            return f"fdb entry {mac} dst {dst} deleted"
+
+        return self._overlay_damage(damage)
+
+    def fault_neighbour_deleted(self) -> float:
+        def damage(d: DaemonProc, state: OverlayState) -> str | None:
+            if not state.neighbours:
+                return None
+            device = device_name(d.protocol)
+            vtep, mac = self.rng.choice(sorted(state.neighbours, key=str))
+            ip(d.ns.ns, ["neigh", "del", str(vtep), "dev", device])
+            t0 = time.monotonic()
+            args = ["-j", "neigh", "show", "to", str(vtep), "dev", device, "nud", "permanent"]
+
+            def back() -> bool:
+                found = json.loads(ip(d.ns.ns, args, check=False) or "[]")
+                return any(e.get("lladdr") == mac for e in found)
+
+            self._overlay_restored(d, f"neighbour {vtep} lladdr {mac}", back, t0)
+            return f"neighbour {vtep} deleted"
+
+        return self._overlay_damage(damage)
+
+    def fault_nft_set_flushed(self) -> float:
+        def damage(d: DaemonProc, state: OverlayState) -> str | None:
+            wanted = dict(state.sets or ())
+            names = [n for n in SET_NAMES if wanted.get(n)]
+            if not names:
+                return None
+            name = self.rng.choice(names)
+            table = table_name(d.protocol)
+            run_in(d.ns.ns, ["nft", "flush", "set", "inet", table, name])
+            t0 = time.monotonic()
+            self._overlay_restored(
+                d,
+                f"nft set {name} (flushed)",
+                lambda: dict(read_sets(d.ns.ns, table) or ()).get(name) == wanted[name],
+                t0,
+            )
+            return f"nft set {table} {name} flushed"
+
+        return self._overlay_damage(damage)
+
+    def fault_nft_table_deleted(self) -> float:
+        def damage(d: DaemonProc, state: OverlayState) -> str:
+            table = table_name(d.protocol)
+            run_in(d.ns.ns, ["nft", "delete", "table", "inet", table])
+            t0 = time.monotonic()
+            self._overlay_restored(
+                d,
+                f"nft table {table} (deleted)",
+                lambda: read_sets(d.ns.ns, table) == state.sets,
+                t0,
+            )
+            return f"nft table {table} deleted"
+
+        return self._overlay_damage(damage)
+
     # -- the run ---------------------------------------------------------------------------
 
     def setup(self) -> None:
@@ -681,14 +927,25 @@ class Campaign:
 
     def deck(self) -> Iterator[str]:
         """Every fault once per deck, shuffled; a long fault (about 100 s of waiting) in
-        every seventh deck only, in runs of 10 minutes or more."""
+        every seventh deck only, in runs of 10 minutes or more. In the overlay phase
+        (a new deck when it starts) the overlay faults first, then all of them mixed."""
         decks = 0
+        if self.overlay_on:
+            first = list(OVERLAY_FAULTS)
+            self.rng.shuffle(first)
+            yield from first
         while True:
             long = self.o.duration >= 600 and decks % 7 == 0
             decks += 1
             order = list(FAULTS) + (list(LONG_FAULTS) if long else [])
+            if self.overlay_on:
+                order += OVERLAY_FAULTS
             self.rng.shuffle(order)
             yield from order
+
+    def overlay_due(self, elapsed: float) -> bool:
+        share = self.o.overlay_share
+        return share > 0 and not self.overlay_on and elapsed >= self.o.duration * (1 - share)
 
     def run(self) -> dict[str, Any]:
         o = self.o
@@ -705,6 +962,8 @@ class Campaign:
             start = time.monotonic()
             deck = self.deck()
             kinds = set(FAULTS)
+            if o.overlay_share > 0:
+                kinds |= {OVERLAY_SWITCH, *OVERLAY_FAULTS}
             while (
                 time.monotonic() - start < o.duration or not kinds <= set(self.faults)
             ) and not self.harness_errors:
@@ -714,7 +973,10 @@ class Campaign:
                 if late and time.monotonic() - start > o.duration + 600:
                     self.notes.append(f"stopped before covering {missing}: out of time")
                     break
-                self.kind = missing[0] if late else next(deck)
+                if self.overlay_due(time.monotonic() - start):
+                    self.kind = OVERLAY_SWITCH
+                else:
+                    self.kind = missing[0] if late else next(deck)
                 held = sum(map(len, self.foreign.values()))
                 if self.kind == "foreign_route_removed" and not held:
                     self.kind = "foreign_route_added"
@@ -723,8 +985,11 @@ class Campaign:
                 p0 = time.monotonic()
                 t_heal = getattr(self, f"fault_{self.kind}")()
                 self.faults[self.kind] += 1
+                self.overlay_phases += self.overlay_on
                 if t_heal >= 0:
                     self.verify(max(t_heal, self.cluster.last_change))
+                if self.kind == OVERLAY_SWITCH:
+                    deck = self.deck()  # the overlay faults come next
                 last = self.recovery.get(self.kind, [None])[-1]
                 rec = None if last is None else round(last, 3)
                 self.log(
@@ -898,6 +1163,11 @@ class Campaign:
                 for k, v in sorted(self.recovery.items())
             },
             "checks": dict(self.checks),
+            "overlay": {
+                "share": self.o.overlay_share,
+                "started_at_s": self.overlay_started,
+                "phases": self.overlay_phases,
+            },
             "violations_total": len(self.violations),
             "violations_by_kind": dict(kinds),
             "violations": self.violations[:200],

@@ -14,8 +14,9 @@ import attrs
 
 from tests.apiserver import ApiServerDouble
 from xcluster_cni_lib.core.facts import extract_facts
+from xcluster_cni_lib.core.nodes import parse_nodes
 from xcluster_cni_lib.core.planning import desired_routes_from_facts
-from xcluster_cni_lib.core.values import Annotations, NodeFacts, Route
+from xcluster_cni_lib.core.values import Annotations, NodeFacts, NodeNetwork, Route
 from xcluster_cni_lib.testing.nodes import default_internal_ips, default_pod_cidrs, make_node
 
 CIDR_ANNOTATION = "soak.xcluster.dev/cidrs"
@@ -106,13 +107,16 @@ class Cluster:
         self.total_events = 0
         self.last_change = 0.0
         self.touched: dict[str, float] = {}
+        # pod CIDR text (either source) -> nodes holding it: a change of one holder
+        # touches the others too (a shared CIDR is contested: routed to neither)
+        self._holders: dict[str, set[str]] = {}
         self.history: dict[str, list[str]] = {}  # name -> its last changes (for reports)
         self._facts: dict[tuple[str, str | None, str | None], NodeFacts] = {}
         for k, name in enumerate(self.real):
-            self.specs[name] = new_spec(name, k)
+            self._set(name, new_spec(name, k))
         for _ in range(total - real):
             index = self._take_index()
-            self.specs[f"v{index}"] = new_spec(f"v{index}", index)
+            self._set(f"v{index}", new_spec(f"v{index}", index))
 
     def load(self) -> None:
         self.api.set_nodes(s.build() for s in self.specs.values())
@@ -144,10 +148,18 @@ class Cluster:
         routes, _ = desired_routes_from_facts(facts, own=view.own)
         return set(routes)
 
+    def networks(self, view: DaemonView) -> list[NodeNetwork]:
+        """The usable nodes as ``view`` parses them (the overlay phase's oracle starts
+        from these)."""
+        with self.lock:
+            facts = [self._facts_of(s, view) for s in self.specs.values()]
+        return parse_nodes(facts)[0]
+
     # -- churn ----------------------------------------------------------------------------
 
     def touched_since(self, since: float) -> set[str]:
-        """Nodes added, deleted or edited at or after ``since`` (monotonic)."""
+        """Nodes added, deleted or edited at or after ``since`` (monotonic), and those
+        that shared a pod CIDR with one of them before or after the change."""
         with self.lock:
             return {name for name, t in self.touched.items() if t >= since}
 
@@ -155,6 +167,26 @@ class Cluster:
         self.events[kind] = self.events.get(kind, 0) + 1
         self.total_events += 1
         self.last_change = now
+
+    def _set(self, name: str, spec: NodeSpec | None) -> None:
+        """Put (None: delete) a node's spec; every other node holding one of its old or
+        new pod CIDRs counts as touched: its routes are contested or free again."""
+        now = time.monotonic()
+        old = self.specs.pop(name, None)
+        before, after = _cidr_texts(old), _cidr_texts(spec)
+        for cidr in before | after:
+            for other in self._holders.get(cidr, ()):
+                if other != name:
+                    self.touched[other] = now
+        for cidr in before:
+            holders = self._holders[cidr]
+            holders.discard(name)
+            if not holders:
+                del self._holders[cidr]
+        for cidr in after:
+            self._holders.setdefault(cidr, set()).add(name)
+        if spec is not None:
+            self.specs[name] = spec
 
     def _note(self, name: str, what: str) -> None:
         self.touched[name] = time.monotonic()
@@ -166,7 +198,7 @@ class Cluster:
         self._note(spec.name, f"edit {spec.pod_cidrs} {spec.internal_ips} {spec.annotations}")
         for key in [k for k in self._facts if k[0] == spec.name]:
             del self._facts[key]
-        self.specs[spec.name] = spec
+        self._set(spec.name, spec)
         self.api.update_node(spec.build())
 
     def virtual(self) -> list[str]:
@@ -190,13 +222,14 @@ class Cluster:
                 kind = "node_added"
                 index = self._take_index()
                 spec = new_spec(f"v{index}", index)
-                self.specs[spec.name] = spec
+                self._set(spec.name, spec)
                 self._note(spec.name, "added")
                 self.api.add_node(spec.build())
             elif r < 1 / 3:
                 kind = "node_deleted"
                 name = rng.choice(names)
-                spec = self.specs.pop(name)
+                spec = self.specs[name]
+                self._set(name, None)
                 self._note(name, "deleted")
                 for key in [k for k in self._facts if k[0] == name]:
                     del self._facts[key]
@@ -257,6 +290,17 @@ class Cluster:
                 self._write(attrs.evolve(old, internal_ips=ips))
                 self._count("bulk_readdress", now)
             return len(names)
+
+
+def _cidr_texts(spec: NodeSpec | None) -> set[str]:
+    """The pod CIDRs a node's fields and CIDR annotation name, as written (the churn
+    shares CIDRs by copying them, so equal text finds every sharing)."""
+    if spec is None:
+        return set()
+    texts = {c.strip() for c in spec.pod_cidrs}
+    texts.update(c.strip() for c in spec.annotations.get(CIDR_ANNOTATION, "").split(","))
+    texts.discard("")
+    return texts
 
 
 def _is_ip(text: str) -> bool:

@@ -18,6 +18,12 @@ def render(report: dict[str, Any]) -> str:
         f"{report['campaign_seconds']:g} s of campaign ({report['phases']} phases, "
         f"{report['churn_seconds']:g} s of node changes), IPAM bursts of {o['burst']}."
     )
+    overlay = report.get("overlay") or {}
+    if overlay.get("started_at_s") is not None:
+        out.append(
+            f"Overlay phase (OVERLAY=vxlan, MASQUERADE=true) from {overlay['started_at_s']:g} s "
+            f"on: {overlay['phases']} phases."
+        )
     out.append("")
     out.append("| fault | injected | recovery p50 (s) | p99 (s) | max (s) |")
     out.append("|---|---|---|---|---|")

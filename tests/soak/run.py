@@ -1,6 +1,6 @@
 """``make soak``: the soak and fault campaign (needs root).
 
-    .venv/bin/python tests/soak/run.py --short            # CI: about 2-3 minutes
+    .venv/bin/python tests/soak/run.py --short            # CI: about 3-4 minutes
     .venv/bin/python tests/soak/run.py --duration 1800    # the full 30-minute run
 
 Prints the seed first (rerun with ``--seed``), a line per phase, every invariant
@@ -22,20 +22,33 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from tests.soak.campaign import Options, run_campaign
 
-SHORT = {"duration": 100.0, "rate": 30.0, "burst": 24, "bulk": 150, "churn_window": (0.5, 2.0)}
+SHORT = {
+    "duration": 100.0,
+    "rate": 30.0,
+    "burst": 24,
+    "bulk": 150,
+    "churn_window": (0.5, 2.0),
+    "overlay_share": 0.4,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--short", action="store_true", help="the CI variant (about 2-3 minutes)")
+    p.add_argument("--short", action="store_true", help="the CI variant (about 3-4 minutes)")
     p.add_argument("--duration", type=float, help="seconds of faults and churn (default 1800)")
     p.add_argument("--seed", type=int, help="random seed (default: random, printed)")
     p.add_argument("--nodes", type=int, default=2000, help="nodes in the API server (default 2000)")
     p.add_argument("--real", type=int, default=2, help="node namespaces with a daemon (default 2)")
     p.add_argument("--rate", type=float, help="API events per second while churning")
     p.add_argument("--burst", type=int, help="parallel ADDs (then DELs) per IPAM burst")
+    p.add_argument(
+        "--overlay-share",
+        type=float,
+        help="the last share of --duration run with OVERLAY=vxlan and MASQUERADE=true "
+        "(default 0.3; 0: never)",
+    )
     p.add_argument("--report", help="also write the JSON report to this file")
     p.add_argument("--workdir", help="keep logs here (default: a temp dir, removed on success)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir even on success")
@@ -64,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.short:
         for key, value in SHORT.items():
             setattr(opts, key, value)
-    for key in ("duration", "rate", "burst"):
+    for key in ("duration", "rate", "burst", "overlay_share"):
         if getattr(args, key) is not None:
             setattr(opts, key, getattr(args, key))
 
