@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from xcluster_cni_lib.kernel.nftables import Nft, NftMonitor
     from xcluster_cni_lib.kernel.vxlan import VxlanKernel
     from xcluster_cni_lib.sync.masquerade import MasqueradeReconciler
-    from xcluster_cni_lib.sync.overlay import OverlayReconciler, OverlayResult
+    from xcluster_cni_lib.sync.overlay import OverlayReconciler
 
 log = jsonlog.get_logger(__name__)
 
@@ -248,13 +248,9 @@ class Daemon:
             resync_interval=config.resync_interval,
         )
         self.cache.subscribe(self.overlay.notify)
-        self.overlay.on_iteration = self._overlay_done
-
-    def _overlay_done(self, result: OverlayResult | None) -> None:
-        """The device was (re)made: the routes through it go back at once, not at the
-        route reconciler's next retry."""
-        if result is not None and result.device in ("created", "recreated"):
-            self.reconciler.request_full()
+        # the device was (re)made: the routes through it go back at once, not at the
+        # route reconciler's next retry
+        self.overlay.on_device = self.reconciler.request_full
 
     def _make_masquerade(self, config: DaemonConfig, netns: str | None, mid: str | None) -> None:
         from xcluster_cni_lib.kernel.nftables import Nft, NftMonitor

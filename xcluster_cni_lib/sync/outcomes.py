@@ -89,11 +89,19 @@ def installed_after(present: Iterable[Route], outcomes: Iterable[RouteOutcome]) 
     return sum(len(routes) for routes in by_dst.values())
 
 
+MAX_FAILURES_LOGGED = 20
+
+
 def report_failures(
     failures: Sequence[RouteOutcome], *, known_conflicts: Collection[Route]
 ) -> None:
-    """Log each failed route operation; a conflict warns once while it persists
-    (``known_conflicts``: the routes in conflict at the previous reconcile)."""
+    """Log failed route operations: a conflict warns once while it persists
+    (``known_conflicts``: the routes in conflict at the previous reconcile); other
+    failures one line each up to ``MAX_FAILURES_LOGGED`` per reconcile, then one line
+    counting the rest by reason (thousands of routes through a vxlan device that is being
+    made again must not cost thousands of log lines)."""
+    logged = 0
+    rest: Counter[str] = Counter()
     for f in failures:
         fields = {"op": f.op, "status": f.status, "reason": f.reason, **f.route.to_json()}
         if f.status == "conflict":
@@ -102,8 +110,17 @@ def report_failures(
                 log.debug("route conflict persists", **fields)
             else:
                 log.warning("route conflict: another protocol holds the destination", **fields)
-        else:
+        elif logged < MAX_FAILURES_LOGGED:
+            logged += 1
             log.warning("route operation failed", **fields)
+        else:
+            rest[f"{f.status}: {f.reason}"] += 1
+    if rest:
+        log.warning(
+            "more route operations failed",
+            count=sum(rest.values()),
+            reasons="; ".join(f"{n} x {why}" for why, n in rest.most_common(5)),
+        )
 
 
 def record_metrics(

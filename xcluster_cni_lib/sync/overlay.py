@@ -137,6 +137,8 @@ class OverlayReconciler(ReconcileLoop):
     :meth:`notify_kernel` the kernel monitor's; :meth:`run` the loop."""
 
     loop_name = "overlay"
+    #: called as soon as the device is made (again): the daemon wakes the route reconciler
+    on_device: Callable[[], None] | None = None
 
     def __init__(
         self,
@@ -285,6 +287,8 @@ class OverlayReconciler(ReconcileLoop):
                 self.device_restored += 1
                 if self.metrics is not None:
                     self.metrics.device_restored.inc()
+            if device.action in ("created", "recreated") and self.on_device is not None:
+                self.on_device()  # the routes through it can go back now, before the entries
         self.kernel.take_changes()  # the list below covers what happened so far
         present = self.kernel.list_entries(device.ifindex)
         self._neighbours = dict(present.neighbours)
