@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from xcluster_cni_lib.support import jsonlog
+from xcluster_cni_lib.sync.nodecache import CachedNode, NodeCache
 
 log = jsonlog.get_logger(__name__)
 
@@ -49,6 +50,50 @@ class ReconcileLoop:
     _last_full: float
     _retry_delay: float
     _full_requested = False
+    cache: NodeCache
+    _tracked: bool
+    _view_flags: tuple[bool, bool]
+    _generation: int
+
+    # -- waking ----------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> bool:
+        """A notification arrived that no reconcile has consumed yet."""
+        return self._wake.is_set()
+
+    def notify(self) -> None:
+        """A node or the source's health changed (the cache's listener): reconcile soon
+        (bursts are coalesced)."""
+        self._node_change = True
+        self._wake.set()
+
+    def notify_kernel(self) -> None:
+        """The kernel changed something of ours (a kernel monitor calls this): reconcile
+        at once, not held back by the coalescing window (a repair is urgent)."""
+        self._wake.set()
+
+    def _incremental_changes(
+        self, ready: bool, own_affected: Callable[[dict[str, CachedNode | None]], bool]
+    ) -> tuple[int, dict[str, CachedNode | None]] | None:
+        """The cache's changes since the last reconcile, when an incremental reconcile
+        can use them; None: reconcile fully (``ready`` false: no previous state; the
+        kernel view is not tracked; the node view is not synced or healthy, so deletes
+        are deferred; the journal lost track; the own node is among the changes)."""
+        cache = self.cache
+        if (
+            not ready
+            or not self._tracked
+            or not (cache.synced and cache.healthy)
+            or self._view_flags != (True, True)
+        ):
+            return None
+        changes = cache.changes_since(self._generation)
+        if changes is None:
+            return None
+        if changes[1] and own_affected(changes[1]):
+            return None
+        return changes
 
     def request_full(self) -> None:
         """Reconcile fully at once (e.g. a device the objects need is back)."""

@@ -218,19 +218,6 @@ class OverlayReconciler(ReconcileLoop):
     def entries_installed(self) -> int:
         return len(self._neighbours) + len(self._fdb)
 
-    @property
-    def pending(self) -> bool:
-        return self._wake.is_set()
-
-    def notify(self) -> None:
-        """A node or the source's health changed (cache listener): reconcile soon."""
-        self._node_change = True
-        self._wake.set()
-
-    def notify_kernel(self) -> None:
-        """The kernel changed the device or its entries (monitor): reconcile at once."""
-        self._wake.set()
-
     # -- reconciles ------------------------------------------------------------------------
 
     def run_once(self) -> OverlayResult:
@@ -326,22 +313,15 @@ class OverlayReconciler(ReconcileLoop):
         """Reconcile only what changed (nodes in the cache, entries in the kernel, and
         with ``retry`` the entries that failed); None when nothing did. Falls back to
         :meth:`run_once` whenever that is not known exactly."""
-        desired, device, cache = self._desired, self._device, self.cache
-        if (
-            desired is None
-            or device is None
-            or not self._tracked
-            or not (cache.synced and cache.healthy)
-            or self._view_flags != (True, True)
-        ):
-            return self.run_once()
+        desired, device = self._desired, self._device
         started = self.clock()
-        changes = cache.changes_since(self._generation)
-        if changes is None:
+        changes = self._incremental_changes(
+            desired is not None and device is not None,
+            lambda entries: desired is not None and self._own_affected(desired, entries),
+        )
+        if changes is None or desired is None or device is None:
             return self.run_once()
         generation, entries = changes
-        if entries and self._own_affected(desired, entries):
-            return self.run_once()
         self._tracked = False
         kernel = self.kernel.take_changes()
         if kernel is None or kernel.device:

@@ -137,27 +137,6 @@ class Reconciler(ReconcileLoop):
         failed = self._failed
         return tuple(failed[d] for d in sorted(failed, key=lambda n: (n.version, n)))
 
-    # -- waking ----------------------------------------------------------------------------
-
-    @property
-    def pending(self) -> bool:
-        """A notification arrived that no reconcile has consumed yet."""
-        return self._wake.is_set()
-
-    def notify(self) -> None:
-        """A node or the source's health changed: reconcile soon (bursts are coalesced)."""
-        self._node_change = True
-        self._wake.set()
-
-    def notify_kernel(self) -> None:
-        """The kernel changed something that can change our routes (a kernel monitor,
-        e.g. the table's tracker, calls this): reconcile at once.
-
-        Not held back by the coalescing window: restoring a removed route is urgent. The
-        table's tracker never reports our own writes; a monitor that does costs, with a
-        non-tracking table, one list and no write per echo."""
-        self._wake.set()
-
     # -- one reconcile ---------------------------------------------------------------------
 
     def run_once(self) -> SyncResult:
@@ -224,21 +203,15 @@ class Reconciler(ReconcileLoop):
         table does not track, the cache was replaced by a full list, the node view is not
         synced or healthy (deletes are then deferred), the own node or an overlap is
         involved, or the kernel's events were lost."""
-        cache, state = self.cache, self._state
-        if (
-            state is None
-            or not self._tracked
-            or not (cache.synced and cache.healthy)
-            or self._view_flags != (True, True)
-        ):
-            return self.run_once()
+        state = self._state
         started = self.clock()
-        changes = cache.changes_since(self._generation)
-        if changes is None:
+        changes = self._incremental_changes(
+            state is not None,
+            lambda entries: state is not None and self._own_affected(state, entries),
+        )
+        if changes is None or state is None:
             return self.run_once()
         generation, entries = changes
-        if entries and self._own_affected(state, entries):
-            return self.run_once()
         table: TrackingRouteTable = self.table  # type: ignore[assignment]
         self._tracked = False  # until the changes taken now are reconciled
         kernel = table.changed_destinations()
