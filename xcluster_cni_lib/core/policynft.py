@@ -398,7 +398,34 @@ def forward_rules(family: int) -> list[list[dict[str, Any]]]:
     ]
 
 
-def class_rules(chain: ClassChain) -> list[list[dict[str, Any]]]:
+#: Denied packets logged (``log_denied``): at most this many per second per table.
+DENY_LOG_RATE: Final = 10
+DENY_LOG_BURST: Final = 20
+
+
+def deny_prefix(table: str) -> str:
+    """The kernel log prefix of a denied packet (``log_denied``)."""
+    return f"{table} deny "
+
+
+def _deny(log_denied: bool) -> dict[str, Any]:
+    """The verdict that denies: drop, or (``log_denied``) go to the ``deny`` chain."""
+    return {"goto": {"target": "deny"}} if log_denied else {"drop": None}
+
+
+def deny_rules(table: str) -> list[list[dict[str, Any]]]:
+    """The ``deny`` chain (``log_denied``): log (rate-limited, one limit for the table),
+    then drop."""
+    return [
+        [
+            {"limit": {"rate": DENY_LOG_RATE, "burst": DENY_LOG_BURST, "per": "second"}},
+            {"log": {"prefix": deny_prefix(table)}},
+        ],
+        [{"drop": None}],
+    ]
+
+
+def class_rules(chain: ClassChain, *, log_denied: bool = False) -> list[list[dict[str, Any]]]:
     local = _payload(chain.family, "daddr" if chain.ingress else "saddr")
     all_set, ports_set = chain.sets
     ports_key = {
@@ -411,7 +438,7 @@ def class_rules(chain: ClassChain) -> list[list[dict[str, Any]]]:
     return [
         [_in_set(local, all_set), {"return": None}],
         [_in_set(ports_key, ports_set), {"return": None}],
-        [{"drop": None}],
+        [_deny(log_denied)],
     ]
 
 
@@ -485,9 +512,12 @@ def _sorted(elements: Iterable[Any]) -> list[Any]:
     return sorted(elements, key=key)
 
 
-def table_document(table: str, state: PolicyState, *, bridge_mac: str | None) -> Document:
+def table_document(
+    table: str, state: PolicyState, *, bridge_mac: str | None, log_denied: bool = False
+) -> Document:
     """Replace both tables (``bridge_mac`` ``None``: no bridge table, e.g. a node whose
-    pods are routed, not bridged) with ``state``, in one transaction."""
+    pods are routed, not bridged) with ``state``, in one transaction. ``log_denied``:
+    denied packets go through a ``deny`` chain that logs them (``deny_rules``)."""
     commands: list[Command] = []
     for family in (INET, BRIDGE):
         commands += [
@@ -518,6 +548,9 @@ def table_document(table: str, state: PolicyState, *, bridge_mac: str | None) ->
     )
     commands.append({"add": {"chain": {**base, "name": "egress"}}})
     commands.append({"add": {"chain": {**base, "name": "ingress"}}})
+    if log_denied:
+        commands.append({"add": {"chain": {**base, "name": "deny"}}})
+        commands += [_rule(INET, table, "deny", r) for r in deny_rules(table)]
     for chain in state.chains.values():
         commands.append({"add": {"chain": {**base, "name": chain.name}}})
         addr = _ADDR_TYPE[chain.family]
@@ -533,7 +566,8 @@ def table_document(table: str, state: PolicyState, *, bridge_mac: str | None) ->
                 interval=True,
             )
         )
-        commands += [_rule(INET, table, chain.name, r) for r in class_rules(chain)]
+        rules = class_rules(chain, log_denied=log_denied)
+        commands += [_rule(INET, table, chain.name, r) for r in rules]
     for name in VMAPS:  # after the chains their elements name
         spec = _set_spec(INET, table, name, _ADDR_TYPE[int(name[-1])], interval=True)
         spec["map"] = "verdict"
@@ -565,7 +599,7 @@ def table_document(table: str, state: PolicyState, *, bridge_mac: str | None) ->
         for f in (4, 6):
             vmap = {"vmap": {"key": _payload(f, key), "data": f"@{prefix}{f}"}}
             commands.append(_rule(INET, table, chain_name, [vmap]))
-        commands.append(_rule(INET, table, chain_name, [{"drop": None}]))
+        commands.append(_rule(INET, table, chain_name, [_deny(log_denied)]))
     if bridge_mac is not None:
         commands.append({"add": {"table": {"family": BRIDGE, "name": table, "comment": OWNER}}})
         for f in (4, 6):
@@ -682,20 +716,27 @@ def read_tables(objects: Iterable[Mapping[str, Any]]) -> ListedTables:
     return ListedTables(elements=elements, structure=frozenset(structure))
 
 
-def wanted_tables(table: str, state: PolicyState, *, bridge_mac: str | None) -> ListedTables:
+def wanted_tables(
+    table: str, state: PolicyState, *, bridge_mac: str | None, log_denied: bool = False
+) -> ListedTables:
     """What ``read_tables`` returns once ``table_document`` is applied."""
-    created = table_document(table, state, bridge_mac=bridge_mac)
+    created = table_document(table, state, bridge_mac=bridge_mac, log_denied=log_denied)
     return read_tables(c["add"] for c in created["nftables"] if "add" in c)
 
 
 def repair_document(
-    table: str, listed: ListedTables, desired: PolicyState, *, bridge_mac: str | None
+    table: str,
+    listed: ListedTables,
+    desired: PolicyState,
+    *,
+    bridge_mac: str | None,
+    log_denied: bool = False,
 ) -> Document | None:
     """What makes the listed tables the desired ones: ``None`` when their structure
     differs (a table, chain, rule or set missing, changed or added: write
     ``table_document``), else the element deletes and adds (only the metainfo when
     nothing differs), in one transaction."""
-    wanted = wanted_tables(table, desired, bridge_mac=bridge_mac)
+    wanted = wanted_tables(table, desired, bridge_mac=bridge_mac, log_denied=log_denied)
     if listed.structure != wanted.structure or set(listed.elements) != set(wanted.elements):
         return None
     deletes: list[Command] = []

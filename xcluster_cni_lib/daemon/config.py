@@ -40,6 +40,7 @@ DEFAULT_RESYNC = 60.0
 DEFAULT_NODE_FILE = "/var/lib/cni/xcluster-cni/own-node.json"
 # the image's host-local (docs/install.md), then Debian's
 DEFAULT_IPAM_CNI_PATH = "/opt/xcluster-cni/reference:/usr/lib/cni"
+DEFAULT_POLICY_BRIDGE = "cbr0"
 
 # name -> one-line help; the flag is --name-in-kebab-case.
 SETTINGS: dict[str, str] = {
@@ -67,6 +68,12 @@ SETTINGS: dict[str, str] = {
     "the node's address (nftables); default false",
     "NON_MASQUERADE_CIDRS": "comma list of destinations pods reach with their own address "
     "besides the pod CIDRs (both families)",
+    "NETWORK_POLICY": "true: enforce Kubernetes NetworkPolicy for this node's pods (nftables; "
+    "watches Pods, Namespaces, NetworkPolicies through the API); default false",
+    "POLICY_BRIDGE": "the pods' bridge, whose same-node traffic policy redirects through the "
+    "node (default cbr0; empty: pods are not bridged)",
+    "POLICY_LOG_DENIED": "true: log denied packets to the kernel log (nft log, at most 10/s); "
+    "default false",
     "IPAM_NODE_FILE": "where the IPAM server keeps its own Node for restarts without the "
     f"API server (default {DEFAULT_NODE_FILE})",
     "IPAM_CNI_PATH": "directories searched for host-local by served IPAM calls, before the "
@@ -108,6 +115,9 @@ class DaemonConfig:
     non_masquerade_cidrs: tuple[IPNetwork, ...] = ()
     ipam_node_file: str = DEFAULT_NODE_FILE
     ipam_cni_path: str = DEFAULT_IPAM_CNI_PATH
+    network_policy: bool = False
+    policy_bridge: str | None = DEFAULT_POLICY_BRIDGE
+    policy_log_denied: bool = False
     warnings: tuple[str, ...] = attrs.field(default=(), eq=False)
 
     @property
@@ -162,6 +172,9 @@ class DaemonConfig:
             "non_masquerade_cidrs": ",".join(map(str, self.non_masquerade_cidrs)) or None,
             "ipam_node_file": self.ipam_node_file if self.ipam_socket else None,
             "ipam_cni_path": self.ipam_cni_path if self.ipam_socket else None,
+            "network_policy": self.network_policy,
+            "policy_bridge": self.policy_bridge if self.network_policy else None,
+            "policy_log_denied": self.policy_log_denied if self.network_policy else None,
         }
 
 
@@ -210,9 +223,20 @@ def load_config(
 
     nodes_file = get("NODES_FILE")
     kubeconfig = get("KUBECONFIG")
-    if nodes_file is not None and kubeconfig is not None:
+    network_policy = parse_bool("NETWORK_POLICY", get("NETWORK_POLICY"))
+    if nodes_file is not None and kubeconfig is not None and not network_policy:
         warnings.append("NODES_FILE is set: KUBECONFIG is ignored")
         kubeconfig = None
+    if network_policy and node_name is None:
+        raise ConfigError(
+            "NETWORK_POLICY", "true", "policy is enforced for this node's pods: set NODE_NAME"
+        )
+    if network_policy and nodes_file is not None and kubeconfig is None:
+        raise ConfigError(
+            "NETWORK_POLICY",
+            "true",
+            "with NODES_FILE, the policy watches need the API: set KUBECONFIG",
+        )
     if kubeconfig is not None and not any(os.path.isfile(p) for p in kubeconfig.split(os.pathsep)):
         raise ConfigError("KUBECONFIG", kubeconfig, "no such file")
     if nodes_file is not None and os.path.isdir(nodes_file):
@@ -248,11 +272,22 @@ def load_config(
         non_masquerade_cidrs=parse_cidrs("NON_MASQUERADE_CIDRS", get("NON_MASQUERADE_CIDRS")),
         ipam_node_file=parse_absolute("IPAM_NODE_FILE", get("IPAM_NODE_FILE"), DEFAULT_NODE_FILE),
         ipam_cni_path=parse_search_path(get("IPAM_CNI_PATH")),
+        network_policy=network_policy,
+        policy_bridge=parse_bridge(merged.get("POLICY_BRIDGE")),
+        policy_log_denied=parse_bool("POLICY_LOG_DENIED", get("POLICY_LOG_DENIED")),
         warnings=tuple(warnings),
     )
 
 
 # -- single settings -----------------------------------------------------------------------
+
+
+def parse_bridge(value: str | None) -> str | None:
+    """``POLICY_BRIDGE``: unset = cbr0, empty = no bridge, else an interface name."""
+    if value is None:
+        return DEFAULT_POLICY_BRIDGE
+    value = value.strip()
+    return parse_device("POLICY_BRIDGE", value) if value else None
 
 
 def parse_annotation(var: str, value: str | None) -> str | None:

@@ -22,7 +22,8 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -42,9 +43,12 @@ from xcluster_cni_lib.sync.reconciler import Reconciler
 if TYPE_CHECKING:
     from xcluster_cni_lib.daemon.ipamserver import IpamServer
     from xcluster_cni_lib.kernel.nftables import Nft, NftMonitor
+    from xcluster_cni_lib.kernel.podbridge import PodBridge
     from xcluster_cni_lib.kernel.vxlan import VxlanKernel
     from xcluster_cni_lib.sync.masquerade import MasqueradeReconciler
     from xcluster_cni_lib.sync.overlay import OverlayReconciler
+    from xcluster_cni_lib.sync.policy import PolicyReconciler
+    from xcluster_cni_lib.sync.policystore import PolicyStore
 
 log = jsonlog.get_logger(__name__)
 
@@ -113,6 +117,29 @@ def make_source(config: DaemonConfig) -> NodeSource:
     return source
 
 
+def _counter(store: PolicyStore, kind: str) -> Callable[[], float]:
+    return lambda: float(store.counts()[kind])
+
+
+def make_policy_sources(config: DaemonConfig) -> dict[str, NodeSource]:
+    """The NetworkPolicy agent's watches: Pods (those that can matter: not hostNetwork,
+    not finished), Namespaces, NetworkPolicies, through one API client."""
+    from xcluster_cni_lib.sources.kube import load_api_client
+    from xcluster_cni_lib.sources.watching import KubeNodeSource
+    from xcluster_cni_lib.sync.policystore import KINDS, POD_FIELD_SELECTOR, converter
+
+    client = load_api_client(config.kubeconfig)
+    return {
+        kind: KubeNodeSource(
+            client,
+            resource=kind,
+            convert=converter(kind),
+            field_selector=POD_FIELD_SELECTOR if kind == "pods" else None,
+        )
+        for kind in KINDS
+    }
+
+
 def make_own_node(
     config: DaemonConfig, machine_id: str | None, source: NodeSource | None = None
 ) -> tuple[OwnNode | NodesFileOwnNode, NodeSource | None]:
@@ -151,6 +178,7 @@ class Daemon:
         coalesce: float = 0.1,
         host: Callable[[], HostView] | None = None,
         own_node_source: NodeSource | None = None,
+        policy_sources: Mapping[str, NodeSource] | None = None,
     ) -> None:
         self.config = config
         self.stop_event = threading.Event()
@@ -216,6 +244,14 @@ class Daemon:
         self._nft_monitor: NftMonitor | None = None
         if config.masquerade and (own_table or netns is not None):
             self._make_masquerade(config, netns, machine_id)
+        self.policy: PolicyReconciler | None = None
+        self.policy_store: PolicyStore | None = None
+        self.policy_sources: dict[str, NodeSource] = {}
+        self._policy_nft: Nft | None = None
+        self._policy_monitor: NftMonitor | None = None
+        self._pod_bridge: PodBridge | None = None
+        if config.network_policy and (own_table or netns is not None):
+            self._make_policy(config, netns, policy_sources)
         self.ipam: IpamServer | None = None
         self.own_node: OwnNode | NodesFileOwnNode | None = None
         self.own_node_source: NodeSource | None = None
@@ -272,6 +308,61 @@ class Daemon:
         self._nft_monitor = NftMonitor(self.masquerade.table, nft=self._nft)
         self.cache.subscribe(self.masquerade.notify)
 
+    def _make_policy(
+        self,
+        config: DaemonConfig,
+        netns: str | None,
+        sources: Mapping[str, NodeSource] | None,
+    ) -> None:
+        from xcluster_cni_lib.kernel.nftables import Nft, NftMonitor
+        from xcluster_cni_lib.kernel.podbridge import PodBridge
+        from xcluster_cni_lib.sync.policy import PolicyReconciler
+        from xcluster_cni_lib.sync.policystore import PolicyStore
+
+        assert config.node_name is not None  # load_config requires it
+        self.policy_store = store = PolicyStore()
+        self.policy_sources = dict(sources) if sources is not None else make_policy_sources(config)
+        self._policy_nft = Nft(netns=netns)
+        if config.policy_bridge is not None:
+            self._pod_bridge = PodBridge(config.policy_bridge, netns=netns)
+        self.policy = PolicyReconciler(
+            store,
+            self._policy_nft,
+            node_name=config.node_name,
+            protocol=config.protocol,
+            bridge=self._pod_bridge,
+            log_denied=config.policy_log_denied,
+            resync_interval=config.resync_interval,
+            metrics=self.metrics,
+        )
+        self._policy_monitor = NftMonitor(
+            self.policy.table, nft=self._policy_nft, families=("inet", "bridge")
+        )
+        store.subscribe(self.policy.notify)
+        metrics = self.policy.policy_metrics
+        if metrics is not None:
+            for kind in store.sinks:
+                metrics.objects.labels(kind=kind).set_function(_counter(store, kind))
+            metrics.problems.set_function(lambda: float(len(store.problems())))
+
+    def _remove_policy_tables(self) -> None:
+        """NETWORK_POLICY=false: the tables an earlier run with policy made go."""
+        from xcluster_cni_lib.core.policynft import delete_document as delete_policy
+        from xcluster_cni_lib.core.policynft import table_name as policy_table
+        from xcluster_cni_lib.kernel.nftables import Nft, NftError
+
+        netns = self._kernel_netns if isinstance(self._kernel_netns, str) else None
+        table = policy_table(self.config.protocol)
+        nft = Nft(netns=netns)
+        try:
+            if any(nft.read_table(table, family=f) is not None for f in ("inet", "bridge")):
+                nft.apply(delete_policy(table))
+                log.info("network policy off: nftables tables removed", table=table)
+        except NftError as e:  # e.g. no nft here: nothing of ours can be there either
+            log.debug("network policy off: tables not checked", table=table, error=str(e))
+        finally:
+            nft.close()
+
     def _remove_masquerade_table(self) -> None:
         """MASQUERADE=false: the table an earlier run with masquerading made goes."""
         from xcluster_cni_lib.core.masquerade import table_name
@@ -311,7 +402,12 @@ class Daemon:
         if not self.cache.healthy:
             reason = self.cache.health_reason
             out.append(f"node source unhealthy: {reason}" if reason else "node source unhealthy")
-        for name, part in (("overlay", self.overlay), ("masquerade", self.masquerade)):
+        parts: tuple[tuple[str, Any], ...] = (
+            ("overlay", self.overlay),
+            ("masquerade", self.masquerade),
+            ("network policy", self.policy),
+        )
+        for name, part in parts:
             if part is not None and not part.ready:
                 why = "; ".join(str(p) for p in part.problems[:3]) or "no successful sync yet"
                 out.append(f"{name} not ready: {why}")
@@ -368,6 +464,20 @@ class Daemon:
             )
         elif self._kernel_netns is not False:
             self._remove_masquerade_table()
+        policy, policy_monitor = self.policy, self._policy_monitor
+        if policy is not None and policy_monitor is not None and self.policy_store is not None:
+            self._spawn("policy", lambda: policy.run(self.stop_event))
+            self._spawn(
+                "policy-monitor",
+                lambda: policy_monitor.run(policy.notify_kernel, self.stop_event),
+            )
+            for kind, source in self.policy_sources.items():
+                self._spawn(
+                    f"policy-{kind}",
+                    partial(source.run, self.policy_store.sinks[kind], self.stop_event),
+                )
+        elif self._kernel_netns is not False:
+            self._remove_policy_tables()
         own_source, own_node = self.own_node_source, self.own_node
         if own_source is not None and isinstance(own_node, OwnNode):
             self._spawn("own-node", lambda: own_source.run(own_node, self.stop_event))
@@ -446,6 +556,9 @@ class Daemon:
             ("overlay-monitor", self._overlay_kernel),
             ("masquerade-monitor", self._nft_monitor),
             ("masquerade", self._nft),
+            ("policy-monitor", self._policy_monitor),
+            ("policy", self._policy_nft),
+            ("policy", self._pod_bridge),
         )
         for name, thing in things:
             close = getattr(thing, "close", None)

@@ -28,8 +28,9 @@ No ``ip netns exec`` (one more process and a mount namespace per call), and no o
 thread of the daemon ever changes namespace. Without ``netns`` (the daemon's host
 network), the calling thread starts ``nft`` itself.
 
-Ownership: ``apply`` refuses a document that addresses anything but ``inet`` tables whose
-name starts with ``core.masquerade.TABLE_PREFIX``; no other table is ever touched.
+Ownership: ``apply`` refuses a document that addresses anything but the project's tables
+(``OWNED``): ``inet`` tables named ``core.masquerade.TABLE_PREFIX*`` and ``inet``/``bridge``
+tables named ``core.policynft.TABLE_PREFIX*``; no other table is ever touched.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any, TypeVar
 
 from xcluster_cni_lib.core.masquerade import FAMILY, TABLE_PREFIX, parse_element
+from xcluster_cni_lib.core.policynft import TABLE_PREFIX as POLICY_PREFIX
 from xcluster_cni_lib.support import jsonlog
 
 log = jsonlog.get_logger(__name__)
@@ -92,9 +94,22 @@ class _InNetns:
             self._pool.shutdown(wait=False)
 
 
+#: The tables ``apply`` may address: (family, name prefix).
+OWNED: tuple[tuple[str, str], ...] = (
+    (FAMILY, TABLE_PREFIX),
+    ("inet", POLICY_PREFIX),
+    ("bridge", POLICY_PREFIX),
+)
+
+
+def owned(family: object, name: object) -> bool:
+    """Whether the table ``family name`` is one of the project's (``OWNED``)."""
+    return any(family == f and str(name).startswith(p) for f, p in OWNED)
+
+
 def _check_owned(commands: Iterable[Any]) -> str:
     """The table names a document addresses; ``ValueError`` for anything not ours."""
-    names: set[str] = set()
+    names: set[tuple[str, str]] = set()
     for command in commands:
         if not isinstance(command, Mapping) or len(command) != 1:
             raise ValueError(f"not an nft command object: {command!r}")
@@ -105,14 +120,15 @@ def _check_owned(commands: Iterable[Any]) -> str:
             raise ValueError(f"not an nft command object: {command!r}")
         kind, spec = next(iter(body.items()))
         name = spec.get("name") if kind == "table" else spec.get("table")
-        if spec.get("family") != FAMILY or not str(name).startswith(TABLE_PREFIX):
+        if not owned(spec.get("family"), name):
             where = "" if kind == "table" else f"{kind} in "
+            ours = ", ".join(f"{f} {p}*" for f, p in OWNED)
             raise ValueError(
                 f"refusing to {verb} {where}table {spec.get('family')} {name}: "
-                f"only {FAMILY} tables named {TABLE_PREFIX}* are ours"
+                f"only these tables are ours: {ours}"
             )
-        names.add(str(name))
-    return ", ".join(f"{FAMILY} {n}" for n in sorted(names)) or "(none)"
+        names.add((str(spec.get("family")), str(name)))
+    return ", ".join(f"{f} {n}" for f, n in sorted(names)) or "(none)"
 
 
 def _brief(stderr: str) -> str:
@@ -323,16 +339,20 @@ class Nft:
         self.close()
 
 
-def concerns(event: Mapping[str, Any], table: str, *, family: str = FAMILY) -> bool:
+def concerns(
+    event: Mapping[str, Any], table: str, *, family: str | tuple[str, ...] = FAMILY
+) -> bool:
     """Whether one ``nft -j monitor`` event (``{"add": {"element": {...}}}``) is about
-    ``table`` (the table itself or anything in it)."""
+    ``table`` of ``family`` (or of one of several families): the table itself or anything
+    in it."""
+    families = (family,) if isinstance(family, str) else family
     if len(event) != 1:
         return False
     body = next(iter(event.values()))
     if not isinstance(body, Mapping) or len(body) != 1:
         return False
     kind, spec = next(iter(body.items()))
-    if not isinstance(spec, Mapping) or spec.get("family") != family:
+    if not isinstance(spec, Mapping) or spec.get("family") not in families:
         return False
     return (spec.get("name") if kind == "table" else spec.get("table")) == table
 
@@ -345,8 +365,16 @@ class NftMonitor:
     When ``nft monitor`` ends, it is started again and ``on_change`` is called (events
     may have been missed)."""
 
-    def __init__(self, table: str, *, nft: Nft | None = None, netns: str | None = None) -> None:
+    def __init__(
+        self,
+        table: str,
+        *,
+        nft: Nft | None = None,
+        netns: str | None = None,
+        families: tuple[str, ...] = (FAMILY,),
+    ) -> None:
         self.table = table
+        self.families = families
         self._own_nft = nft is None
         self.nft = nft if nft is not None else Nft(netns=netns)
         self.events = 0  # events about our table (our own echoes not counted)
@@ -424,7 +452,7 @@ class NftMonitor:
                 log.debug("nft monitor: not JSON", line=line[:200].decode(errors="replace"))
                 continue
             self.seen += 1
-            if isinstance(event, dict) and concerns(event, self.table):
+            if isinstance(event, dict) and concerns(event, self.table, family=self.families):
                 if self._echo(event):
                     self.echoes += 1
                     continue

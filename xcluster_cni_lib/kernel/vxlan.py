@@ -219,6 +219,11 @@ class VxlanKernel:
             raise
         return True
 
+    def set_link(self, ifindex: int, *, mac: str, mtu: int) -> None:
+        """Set a link's address and MTU and bring it up (any kind of link: the policy
+        agent pins the pods' bridge's address this way). Raises OverlayKernelError."""
+        self._simple(lambda seq: vc.link_set_request(seq=seq, ifindex=ifindex, mac=mac, mtu=mtu))
+
     def _simple(self, make: Callable[[int], bytes]) -> None:
         with self._lock:
             seq = self._chan.next_seq()

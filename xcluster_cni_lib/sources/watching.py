@@ -41,7 +41,7 @@ from xcluster_cni_lib.sources.kube import (
 )
 from xcluster_cni_lib.support import jsonlog
 
-__all__ = ["KubeNodeSource", "RequestTimeout"]
+__all__ = ["RESOURCES", "KubeNodeSource", "RequestTimeout"]
 
 log = jsonlog.get_logger(__name__)
 
@@ -94,6 +94,16 @@ def _pieces(response: Any) -> Iterator[bytes]:
         yield piece
 
 
+#: What the source can list and watch: resource -> (API class, list method, namespaced).
+#: Namespaced objects are keyed ``namespace/name`` (``sink.delete`` receives that key).
+RESOURCES: dict[str, tuple[str, str, bool]] = {
+    "nodes": ("CoreV1Api", "list_node", False),
+    "pods": ("CoreV1Api", "list_pod_for_all_namespaces", True),
+    "namespaces": ("CoreV1Api", "list_namespace", False),
+    "networkpolicies": ("NetworkingV1Api", "list_network_policy_for_all_namespaces", True),
+}
+
+
 class KubeNodeSource:
     """A ``NodeSource`` backed by the Kubernetes API.
 
@@ -135,12 +145,18 @@ class KubeNodeSource:
     ``field_selector`` narrows list and watch (``metadata.name=<node>``: one node);
     ``convert`` replaces ``extract_facts``: the sink then receives what it returns (e.g.
     the whole object, for the served IPAM's own node: ``daemon.ownnode``).
+
+    ``resource`` (a key of ``RESOURCES``, default ``nodes``) lists and watches another
+    kind the same way, with the same care (the NetworkPolicy agent's pods, namespaces and
+    policies); give a ``convert`` then. ``sink.delete`` receives ``namespace/name`` for
+    namespaced kinds.
     """
 
     def __init__(
         self,
         api_client: Any,
         *,
+        resource: str = "nodes",
         annotations: Annotations = NO_ANNOTATIONS,
         field_selector: str | None = None,
         convert: Callable[[Mapping[str, Any]], Any] | None = None,
@@ -155,7 +171,13 @@ class KubeNodeSource:
         backoff_max: float = 30.0,
         max_iterations: int | None = None,
     ) -> None:
-        self._api: Any = k8s_client.CoreV1Api(api_client)
+        if resource not in RESOURCES:
+            raise ValueError(f"unknown resource {resource!r}: one of {', '.join(RESOURCES)}")
+        api_class, method, self.namespaced = RESOURCES[resource]
+        self.resource = resource
+        self._list_objects: Callable[..., Any] = getattr(
+            getattr(k8s_client, api_class)(api_client), method
+        )
         self.annotations = annotations
         self.field_selector = field_selector
         self.convert: Callable[[Mapping[str, Any]], Any] = convert or partial(
@@ -362,8 +384,9 @@ class KubeNodeSource:
 
     def _fetch_page(self, stop: threading.Event, **kwargs: Any) -> bytearray:
         def work(box: dict[str, Any]) -> bytearray:
-            response = box["response"] = self._api.list_node(**kwargs)
-            return read_body(response, limit=self.max_page_bytes, what="node list page")
+            response = box["response"] = self._list_objects(**kwargs)
+            what = f"{self.resource.removesuffix('s')} list page"
+            return read_body(response, limit=self.max_page_bytes, what=what)
 
         page: bytearray = self._interruptible(stop, work, what="a LIST page")
         return page
@@ -386,7 +409,7 @@ class KubeNodeSource:
                 raise _Gone("the list's continue token expired") from exc
             raise
         if not rv:
-            raise ValueError("the node list has no metadata.resourceVersion")
+            raise ValueError(f"the {self.resource} list has no metadata.resourceVersion")
         if self.lists:
             self.relists += 1
         self.lists += 1
@@ -395,8 +418,8 @@ class KubeNodeSource:
             self._set_healthy(sink, True)
         self.resource_version = rv
         log.info(
-            "nodes listed",
-            nodes=len(facts),
+            f"{self.resource} listed",
+            **{self.resource: len(facts)},
             resource_version=rv,
             relist=self.relists > 0,
             duration_s=round(time.monotonic() - started, 3),
@@ -411,7 +434,7 @@ class KubeNodeSource:
         selector = {"field_selector": self.field_selector} if self.field_selector else {}
 
         def work(box: dict[str, Any]) -> Any:
-            return self._api.list_node(
+            return self._list_objects(
                 **selector,
                 watch=True,
                 allow_watch_bookmarks=True,
@@ -475,7 +498,7 @@ class KubeNodeSource:
             if event.type in ("ADDED", "MODIFIED"):
                 sink.upsert(self.convert(obj))
             elif event.type == "DELETED":
-                sink.delete(event.name)
+                sink.delete(self._key(event.obj, event.name))
         except Exception as exc:  # a node no part of the agent can take: skip it
             self._skip(f"not accepted: {describe(exc)}", shorten(line.decode("utf-8", "replace")))
             return
@@ -485,6 +508,11 @@ class KubeNodeSource:
             self._set_healthy(sink, True)
         if event.resource_version is not None:
             self.resource_version = event.resource_version
+
+    def _key(self, obj: Mapping[str, Any], name: str) -> str:
+        if not self.namespaced:
+            return name
+        return f"{obj.get('metadata', {}).get('namespace') or ''}/{name}"
 
     def _skip(self, reason: str, value: str) -> None:
         self.malformed_events += 1

@@ -1,0 +1,248 @@
+"""The NetworkPolicy agent in a daemon (a thread; its kernel side in a namespace with a
+``cbr0`` bridge) against the API double: the tables follow Pods, Namespaces and
+NetworkPolicies; nothing is written before all three are listed; tampering is repaired
+within 1 s; an API outage changes nothing; a restart never removes the tables."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.apiserver import ApiServerDouble
+from tests.apiserver.objects import make_namespace, make_network_policy, make_pod
+from tests.daemon.harness import http_get, metric, running_daemon, wait_for
+from xcluster_cni_lib.core.policynft import table_name
+from xcluster_cni_lib.testing.netns import run_in
+
+pytestmark = pytest.mark.root
+
+TABLE = table_name(202)
+WEB = "10.244.1.5"
+WEB6 = "fd00:10:244:1::5"
+CLIENT = "10.244.1.6"
+
+
+def _nft(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", *args], capture_output=True, text=True, check=check
+    )
+
+
+def _elements(ns: str, name: str, family: str = "inet") -> set[str] | None:
+    """The elements of one set (as text), None when the table is missing."""
+    proc = _nft(ns, "-j", "list", "set", family, TABLE, name, check=False)
+    if proc.returncode != 0:
+        return None
+    for obj in json.loads(proc.stdout)["nftables"]:
+        if "set" in obj:
+            return {json.dumps(e, sort_keys=True) for e in obj["set"].get("elem", [])}
+    return set()
+
+
+def _has(ns: str, name: str, value: str, family: str = "inet") -> bool:
+    return json.dumps(value) in (_elements(ns, name, family) or set())
+
+
+def _tables(ns: str) -> set[str]:
+    out = _nft(ns, "-j", "list", "tables").stdout
+    return {
+        f"{t['table']['family']} {t['table']['name']}"
+        for t in json.loads(out)["nftables"]
+        if "table" in t
+    }
+
+
+@pytest.fixture
+def bridged(ns: str) -> str:
+    run_in(ns, ["ip", "link", "add", "cbr0", "type", "bridge"])
+    run_in(ns, ["ip", "link", "set", "cbr0", "up"])
+    return ns
+
+
+@pytest.fixture
+def cluster(api: ApiServerDouble) -> ApiServerDouble:
+    api.add_namespace(make_namespace("shop", labels={"team": "a"}))
+    api.add_namespace(make_namespace("other"))
+    api.add_pod(
+        make_pod(
+            "web", "shop", node="n1", ips=[WEB, WEB6], labels={"app": "web"}, ports={"http": 80}
+        )
+    )
+    api.add_pod(make_pod("client", "shop", node="n1", ips=[CLIENT], labels={"app": "client"}))
+    api.add_pod(make_pod("far", "other", node="n2", ips=["10.244.2.5"], labels={"app": "far"}))
+    api.add_network_policy(
+        make_network_policy(
+            "web-from-client",
+            "shop",
+            pod_selector={"matchLabels": {"app": "web"}},
+            ingress=[
+                {
+                    "from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+                    "ports": [{"port": "http"}],
+                }
+            ],
+        )
+    )
+    return api
+
+
+def _settings(kubeconfig: str, **more: str) -> dict[str, str]:
+    return {
+        "NODE_NAME": "n1",
+        "KUBECONFIG": kubeconfig,
+        "NETWORK_POLICY": "true",
+        "HTTP_ADDRESS": "127.0.0.1:0",
+        **more,
+    }
+
+
+@pytest.fixture
+def daemon(bridged: str, cluster: ApiServerDouble, kubeconfig: str) -> Iterator[Any]:
+    with running_daemon(bridged, **_settings(kubeconfig)) as d:
+        wait_for(lambda: _has(bridged, "ingress4", WEB), what="web isolated")
+        yield d
+
+
+def test_tables_follow_pods_namespaces_and_policies(
+    daemon: Any, bridged: str, cluster: ApiServerDouble
+) -> None:
+    ns = bridged
+    assert _has(ns, "ingress6", WEB6)
+    assert _has(ns, "policed4", WEB, "bridge")  # same-node frames go through the node
+    assert not _has(ns, "ingress4", CLIENT)
+    # the bridge's address is in the redirect rules, and pinned
+    mac = json.loads(run_in(ns, ["ip", "-j", "link", "show", "cbr0"]))[0]["address"]
+    assert mac in _nft(ns, "list", "table", "bridge", TABLE).stdout
+    # a relabelled pod leaves the policy's selection
+    cluster.patch_pod("shop", "web", {"metadata": {"labels": {"app": "other"}}})
+    wait_for(lambda: not _has(ns, "ingress4", WEB), what="web no longer isolated")
+    cluster.patch_pod("shop", "web", {"metadata": {"labels": {"app": "web"}}})
+    wait_for(lambda: _has(ns, "ingress4", WEB), what="web isolated again")
+    # a pod that appears with an address a policy selects is isolated
+    cluster.add_pod(make_pod("web2", "shop", node="n1", ips=["10.244.1.7"], labels={"app": "web"}))
+    wait_for(lambda: _has(ns, "ingress4", "10.244.1.7"), what="new pod isolated")
+    # a deleted policy isolates nobody
+    cluster.delete_network_policy("shop", "web-from-client")
+    wait_for(lambda: _elements(ns, "ingress4") == set(), what="nobody isolated")
+    status, body = http_get(daemon, "/metrics")
+    assert metric(body, "xcluster_policy_pods") == 0.0
+    assert metric(body, 'xcluster_policy_objects{kind="pods"}') == 4.0
+    assert metric(body, "xcluster_policy_syncs_total" + '{result="ok"}') >= 1
+    status, text = http_get(daemon, "/readyz")
+    assert status == 200, text
+
+
+def test_nothing_is_written_before_every_kind_is_listed(
+    bridged: str, cluster: ApiServerDouble, kubeconfig: str
+) -> None:
+    cluster.fail_requests(10_000, 503, resources={"networkpolicies"})
+    with running_daemon(bridged, **_settings(kubeconfig)) as d:
+        assert d.policy is not None and d.policy_store is not None
+        store = d.policy_store
+        wait_for(lambda: store.sinks["pods"].listed and store.sinks["namespaces"].listed)
+        wait_for(lambda: d.policy is not None and d.policy.full_syncs >= 1)
+        assert _tables(bridged) == set()  # pods known, policies not: nothing enforced
+        status, text = http_get(d, "/readyz")
+        assert status == 503 and "networkpolicies not listed yet" in text
+        cluster.clear_failures()
+        wait_for(lambda: _has(bridged, "ingress4", WEB), timeout=10.0, what="enforced")
+
+
+def test_tampering_is_repaired_within_a_second(daemon: Any, bridged: str) -> None:
+    ns = bridged
+    before = _nft(ns, "-j", "list", "table", "inet", TABLE).stdout
+    _nft(ns, "flush", "set", "inet", TABLE, "ingress4")
+    wait_for(lambda: _has(ns, "ingress4", WEB), timeout=1.0, what="set refilled")
+    _nft(ns, "delete", "table", "inet", TABLE)
+    wait_for(lambda: _has(ns, "ingress4", WEB), timeout=1.0, what="table re-made")
+    _nft(ns, "delete", "table", "bridge", TABLE)
+    wait_for(lambda: _has(ns, "policed4", WEB, "bridge"), timeout=1.0, what="bridge table")
+    _nft(ns, "add", "element", "inet", TABLE, "ingress4", "{ 10.9.9.9 }")
+    wait_for(lambda: not _has(ns, "ingress4", "10.9.9.9"), timeout=1.0, what="foreign gone")
+    after = _nft(ns, "-j", "list", "table", "inet", TABLE).stdout
+
+    def canonical(text: str) -> list[str]:
+        objs = json.loads(text)["nftables"]
+        return sorted(
+            json.dumps({k: {f: v for f, v in s.items() if f != "handle"}}, sort_keys=True)
+            for o in objs
+            for k, s in o.items()
+            if k != "metainfo" and isinstance(s, dict)
+        )
+
+    assert canonical(after) == canonical(before)
+    assert daemon.policy.restores >= 3
+
+
+def test_an_api_outage_changes_nothing(daemon: Any, bridged: str, cluster: ApiServerDouble) -> None:
+    ns = bridged
+    before = _elements(ns, "ingress4"), _elements(ns, "policed4", "bridge")
+    cluster.stop()
+    try:
+        wait_for(lambda: not daemon.policy_store.healthy, timeout=10.0, what="outage noticed")
+        assert (_elements(ns, "ingress4"), _elements(ns, "policed4", "bridge")) == before
+        # repairs go on from the last known view
+        _nft(ns, "flush", "set", "inet", TABLE, "ingress4")
+        wait_for(lambda: _has(ns, "ingress4", WEB), timeout=1.0, what="repaired in outage")
+    finally:
+        cluster.start()
+    wait_for(lambda: daemon.policy_store.healthy, timeout=15.0, what="healthy again")
+    assert (_elements(ns, "ingress4"), _elements(ns, "policed4", "bridge")) == before
+
+
+def test_a_restart_never_takes_the_tables_away(
+    bridged: str, cluster: ApiServerDouble, kubeconfig: str
+) -> None:
+    ns = bridged
+    with running_daemon(ns, **_settings(kubeconfig)):
+        wait_for(lambda: _has(ns, "ingress4", WEB), what="enforced")
+    # every change to the ruleset while the agent is down and starts again
+    monitor = subprocess.Popen(
+        ["ip", "netns", "exec", ns, "nft", "-j", "monitor"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(monitor.stdout or []), daemon=True)
+    reader.start()
+    try:
+
+        def listening() -> bool:  # a table made and deleted shows: the monitor listens
+            _nft(ns, "add", "table", "inet", "canary")
+            _nft(ns, "delete", "table", "inet", "canary")
+            return any("canary" in ln for ln in lines)
+
+        wait_for(listening, every=0.05, what="nft monitor listening")
+        # the API is down at the restart: the old tables stay as they are
+        cluster.stop()
+        with running_daemon(ns, **_settings(kubeconfig)) as d:
+            wait_for(lambda: d.policy is not None and d.policy.full_syncs >= 1)
+            assert _has(ns, "ingress4", WEB)
+            cluster.start()
+            wait_for(lambda: d.policy is not None and d.policy.first_sync_done, timeout=15.0)
+            assert d.policy.last_result is not None
+            assert d.policy.last_result.action == "none"  # the same view: nothing to do
+    finally:
+        monitor.kill()
+        monitor.wait()
+        reader.join(timeout=2.0)
+    deletes = [ln for ln in lines if ln.startswith('{"delete"') and TABLE in ln]
+    assert deletes == [], deletes
+
+
+def test_policy_off_removes_the_tables(
+    bridged: str, cluster: ApiServerDouble, kubeconfig: str
+) -> None:
+    with running_daemon(bridged, **_settings(kubeconfig, POLICY_LOG_DENIED="true")):
+        wait_for(lambda: _has(bridged, "ingress4", WEB), what="enforced")
+        listing = _nft(bridged, "list", "table", "inet", TABLE).stdout
+        assert f'log prefix "{TABLE} deny "' in listing
+    assert _tables(bridged) == {f"inet {TABLE}", f"bridge {TABLE}"}
+    with running_daemon(bridged, NODE_NAME="n1", KUBECONFIG=kubeconfig) as d:
+        wait_for(lambda: d.reconciler.first_sync_done, what="started")
+        assert _tables(bridged) == set()

@@ -1,0 +1,61 @@
+"""The pods' bridge (``cbr0``) as the NetworkPolicy bridge table needs it: its MAC address,
+pinned.
+
+A Linux bridge whose address was never set takes the lowest address of its ports, so it
+changes as pods come and go; frames the policy table redirects to the node carry the
+bridge's address and must keep reaching it. The first time the bridge is seen (and again
+whenever it is re-made: a new interface index), its current address is set on it
+explicitly, which makes the kernel keep it (``addr_assign_type`` "set"), and its IPv4
+``send_redirects`` is turned off (the node forwards a policed pod's same-node traffic out
+the interface it came in: the redirects would only be noise). Both are best effort and
+logged.
+"""
+
+from __future__ import annotations
+
+import os
+
+from xcluster_cni_lib.kernel.vxlan import VxlanKernel
+from xcluster_cni_lib.support import jsonlog
+
+log = jsonlog.get_logger(__name__)
+
+
+class PodBridge:
+    """``mac()`` of bridge ``name`` in ``netns`` (None: this one), pinned on first sight."""
+
+    def __init__(self, name: str, *, netns: str | None = None) -> None:
+        self.name = name
+        self.netns = netns
+        self._kernel = VxlanKernel(netns, monitor=False)
+        self._pinned: int | None = None
+
+    def mac(self) -> str | None:
+        """The bridge's address, or None when there is no such link (yet)."""
+        link = self._kernel.link(self.name)
+        if link is None or not link.mac:
+            return None
+        if link.ifindex != self._pinned:
+            try:
+                self._kernel.set_link(link.ifindex, mac=link.mac, mtu=link.mtu)
+            except Exception as e:  # never stops policy: the address may then change
+                log.warning("pod bridge address not pinned", bridge=self.name, error=str(e))
+            self._no_redirects()
+            self._pinned = link.ifindex
+            log.info("pod bridge address pinned", bridge=self.name, mac=link.mac)
+        return link.mac
+
+    def _no_redirects(self) -> None:
+        if self.netns is not None:  # /proc/sys/net is the reading process's namespace
+            return
+        path = f"/proc/sys/net/ipv4/conf/{self.name}/send_redirects"
+        try:
+            with open(path, "w") as f:
+                f.write("0")
+        except OSError as e:
+            log.debug(
+                "send_redirects not set", bridge=self.name, error=str(e), path=os.fspath(path)
+            )
+
+    def close(self) -> None:
+        self._kernel.close()

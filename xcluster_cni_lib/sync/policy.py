@@ -1,0 +1,401 @@
+"""NetworkPolicy enforcement on one node: keeps the instance's two policy tables
+(``core.policynft``: ``inet`` and ``bridge`` ``xcluster-cni-policy-<protocol>``) as the
+``PolicyStore``'s view wants them for the pods of this node.
+
+- **Never on a partial view.** Nothing is written until Pods, Namespaces and
+  NetworkPolicies have all been listed completely. Tables an earlier run left keep
+  enforcing meanwhile (a restart opens no window: the old tables stay until the new view
+  replaces them in one transaction). While a source is unhealthy (API outage) the view
+  keeps its last state: nothing changes until the API answers again.
+- **Incremental.** Each change recompiles the node's state (``compile_node``: milliseconds
+  for thousands of pods) and writes only the element differences from what the last
+  reconcile left (``update_document``: one transaction, no listing); a new or vanished
+  peer class, or a new bridge address, rewrites both tables atomically
+  (``table_document``).
+- **Self-healing.** A full reconcile (at start, every resync interval, and at once when
+  the ``NftMonitor`` of the table reports a change) lists both tables back and compares
+  them with what is wanted: missing or foreign elements are put right element by element
+  (``repair_document``), anything else rewrites the tables.
+
+Runs in the shared ``ReconcileLoop`` (coalescing, retries with backoff, ``max_failures``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import attrs
+from prometheus_client import Counter, Gauge, Histogram
+
+from xcluster_cni_lib.core.policy import selects
+from xcluster_cni_lib.core.policyfacts import PolicyView
+from xcluster_cni_lib.core.policynft import (
+    BRIDGE,
+    INET,
+    PolicyState,
+    compile_node,
+    delete_document,
+    read_tables,
+    repair_document,
+    table_document,
+    table_name,
+    update_document,
+    wanted_tables,
+)
+from xcluster_cni_lib.core.protocols import DEFAULT_PROTOCOL
+from xcluster_cni_lib.support import jsonlog
+from xcluster_cni_lib.sync.loop import ReconcileLoop
+from xcluster_cni_lib.sync.metrics import PREFIX, DaemonMetrics
+from xcluster_cni_lib.sync.policystore import PolicyStore
+
+log = jsonlog.get_logger(__name__)
+
+
+class PolicyNft(Protocol):
+    """What the reconciler needs of nftables (``kernel.nftables.Nft``)."""
+
+    def apply(self, document: Mapping[str, Any]) -> None: ...
+
+    def read_table(self, name: str, *, family: str = ...) -> list[dict[str, Any]] | None: ...
+
+
+class BridgeAddress(Protocol):
+    """The pods' bridge (``kernel.podbridge.PodBridge``): its address, None if absent."""
+
+    def mac(self) -> str | None: ...
+
+
+@attrs.frozen
+class PolicyResult:
+    """What one reconcile did. ``action``: ``wait`` (the view is not complete: nothing
+    written), ``none``, ``update`` (elements changed), ``repair`` (a tampered table's
+    elements put back) or ``replace`` (both tables written)."""
+
+    full: bool
+    action: str = "none"
+    changed: int = 0  # elements added or deleted (a replace: all of them)
+    elements: int = 0
+    pods: int = 0  # local pods isolated (ingress or egress)
+    policies: int = 0  # policies selecting a local pod
+    restored: bool = False  # someone had changed the tables; they were put back
+    duration: float = 0.0
+
+
+class PolicyMetrics:
+    def __init__(self, metrics: DaemonMetrics) -> None:
+        r = metrics.registry
+        self.syncs = Counter(
+            PREFIX + "policy_syncs", "NetworkPolicy reconciles by result (ok, error).",
+            ["result"], registry=r,
+        )  # fmt: skip
+        self.writes = Counter(
+            PREFIX + "policy_writes",
+            "Transactions on the policy tables by kind (update, repair, replace, delete).",
+            ["kind"],
+            registry=r,
+        )
+        self.restored = Counter(
+            PREFIX + "policy_restored",
+            "Times the policy tables had been changed by someone else and were put back.",
+            registry=r,
+        )
+        self.duration = Histogram(
+            PREFIX + "policy_sync_duration_seconds",
+            "Duration of NetworkPolicy reconciles that wrote something (compile and write).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
+        self.pods = Gauge(
+            PREFIX + "policy_pods",
+            "Pods on this node isolated by NetworkPolicy (ingress or egress), as enforced.",
+            registry=r,
+        )
+        self.policies = Gauge(
+            PREFIX + "policy_policies",
+            "NetworkPolicies that select at least one pod on this node, as enforced.",
+            registry=r,
+        )
+        self.elements = Gauge(
+            PREFIX + "policy_elements",
+            "Set and map elements in the policy tables after the last reconcile.",
+            registry=r,
+        )
+        self.last_error = Gauge(
+            PREFIX + "policy_last_error_timestamp_seconds",
+            "When the last NetworkPolicy reconcile failed (Unix time; 0: never).",
+            registry=r,
+        )
+        self.objects = Gauge(
+            PREFIX + "policy_objects",
+            "Pods (with addresses), Namespaces and NetworkPolicies the agent knows.",
+            ["kind"],
+            registry=r,
+        )
+        self.problems = Gauge(
+            PREFIX + "policy_problems",
+            "Objects skipped because they are malformed (logged with their name and field).",
+            registry=r,
+        )
+
+
+class PolicyReconciler(ReconcileLoop):
+    """Keeps the policy tables of instance ``protocol`` in line with ``store`` for the
+    pods of node ``node_name``. Subscribe :meth:`notify` to the store, give
+    :meth:`notify_kernel` to an ``NftMonitor`` of :attr:`table` (families ``inet`` and
+    ``bridge``), run :meth:`run` in a thread until ``stop`` is set."""
+
+    loop_name = "policy"
+
+    def __init__(
+        self,
+        store: PolicyStore,
+        nft: PolicyNft,
+        *,
+        node_name: str,
+        protocol: int = DEFAULT_PROTOCOL,
+        bridge: BridgeAddress | None = None,
+        log_denied: bool = False,
+        resync_interval: float = 60.0,
+        coalesce: float = 0.05,
+        retry_min: float = 0.2,
+        retry_max: float = 10.0,
+        metrics: DaemonMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.nft = nft
+        self.node_name = node_name
+        self.table = table_name(protocol)
+        self.bridge = bridge
+        self.log_denied = log_denied
+        self.resync_interval = resync_interval
+        self.coalesce = coalesce
+        self.retry_min = retry_min
+        self.retry_max = retry_max
+        self.clock = clock
+        self.policy_metrics = PolicyMetrics(metrics) if metrics is not None else None
+        self.metrics = self.policy_metrics  # the loop counts errors in ``syncs``
+        self.on_iteration: Callable[[Any], None] | None = None
+        self.last_tick = clock()
+        self.failed_syncs = 0
+        self._wake = threading.Event()
+        self._node_change = False
+        self._last_full = -1e9
+        self._retry_delay = 0.0
+        # what the kernel holds as the last reconcile left it (None: unknown)
+        self._installed: PolicyState | None = None
+        self._installed_mac: str | None = None
+        self._generation = -1
+        self.syncs = 0
+        self.full_syncs = 0
+        self.restores = 0
+        self.first_sync_done = False
+        self.last_error: str | None = None
+        self.last_result: PolicyResult | None = None
+
+    # -- status ----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """The tables are as a complete view wants them (as of the last reconcile)."""
+        return self.first_sync_done and not self.failed_syncs
+
+    @property
+    def problems(self) -> list[str]:
+        """Why enforcement is not (or not fully) in place; empty when it is."""
+        out = [f"policy: {r}" for r in self.store.reasons()]
+        if self.failed_syncs:
+            out.append(
+                f"policy: last {self.failed_syncs} reconciles of table {self.table} failed: "
+                f"{self.last_error}"
+            )
+        elif not self.first_sync_done and not out:
+            out.append(f"policy: table {self.table} not reconciled yet")
+        return out
+
+    def notify_kernel(self) -> None:
+        """Our tables changed in the kernel (``NftMonitor``): compare and repair at once."""
+        self.request_full()
+
+    def _retries_pending(self) -> bool:
+        return False
+
+    # -- one reconcile ---------------------------------------------------------------------
+
+    def _desired(self) -> tuple[PolicyView, PolicyState]:
+        view, self._generation = self.store.view()
+        return view, compile_node(view, node=self.node_name)
+
+    def _mac(self) -> str | None:
+        return self.bridge.mac() if self.bridge is not None else None
+
+    def _failed(self, e: Exception) -> None:
+        self.last_error = f"{type(e).__name__}: {e}"
+        if self.policy_metrics is not None:
+            self.policy_metrics.last_error.set(time.time())
+
+    def _wanted(self, state: PolicyState, mac: str | None) -> Any:
+        return wanted_tables(self.table, state, bridge_mac=mac, log_denied=self.log_denied)
+
+    def run_once(self) -> PolicyResult:
+        """List both tables back, compare, repair or rewrite: a full reconcile."""
+        try:
+            return self._full()
+        except Exception as e:
+            self._failed(e)
+            raise
+
+    def run_changes(self, *, retry: bool = False) -> PolicyResult | None:
+        """Write the element changes since the last reconcile (no listing); ``None`` when
+        nothing changed; a full reconcile when the kernel's state is not known."""
+        if self._installed is None:
+            return self.run_once()
+        try:
+            return self._changes()
+        except Exception as e:
+            self._failed(e)
+            raise
+
+    def _full(self) -> PolicyResult:
+        started = self.clock()
+        self._last_full = started
+        self.full_syncs += 1
+        if not self.store.synced:
+            return self._finish(PolicyResult(full=True, action="wait"), None, quiet=True)
+        settled, settled_mac = self._installed, self._installed_mac
+        self._installed = None  # until this reconcile is done
+        mac = self._mac()
+        view, desired = self._desired()
+        objects = [
+            o
+            for family in (INET, BRIDGE)
+            for o in (self.nft.read_table(self.table, family=family) or [])
+        ]
+        listed = read_tables(objects)
+        document = None
+        if objects:
+            document = repair_document(
+                self.table, listed, desired, bridge_mac=mac, log_denied=self.log_denied
+            )
+        if document is None:
+            action = "replace"
+            changed = desired.count()
+            document = table_document(
+                self.table, desired, bridge_mac=mac, log_denied=self.log_denied
+            )
+        else:
+            changed = sum(len(c[v]["element"]["elem"]) for c in document["nftables"]
+                          for v in ("add", "delete") if v in c)  # fmt: skip
+            action = "repair" if changed else "none"
+        if action != "none":
+            self.nft.apply(document)
+        self._installed, self._installed_mac = desired, mac
+        restored = settled is not None and listed != self._wanted(settled, settled_mac)
+        return self._finish(
+            PolicyResult(
+                full=True,
+                action=action,
+                changed=changed,
+                elements=desired.count(),
+                restored=restored,
+                duration=self.clock() - started,
+            ),
+            view,
+        )
+
+    def _changes(self) -> PolicyResult | None:
+        installed = self._installed
+        assert installed is not None
+        started = self.clock()
+        mac = self._mac()
+        if self.store.generation == self._generation and mac == self._installed_mac:
+            return None
+        view, desired = self._desired()
+        document = None
+        if mac == self._installed_mac:
+            document = update_document(self.table, installed, desired, bridge=mac is not None)
+        if document is None:
+            action, changed = "replace", desired.count()
+            document = table_document(
+                self.table, desired, bridge_mac=mac, log_denied=self.log_denied
+            )
+        else:
+            before, after = installed.elements(), desired.elements()
+            changed = sum(len(before.get(k, frozenset()) ^ after.get(k, frozenset()))
+                          for k in before.keys() | after.keys())  # fmt: skip
+            if not changed:
+                return None
+            action = "update"
+        self._installed = None  # unknown if the transaction fails
+        self.nft.apply(document)
+        self._installed, self._installed_mac = desired, mac
+        return self._finish(
+            PolicyResult(
+                full=False,
+                action=action,
+                changed=changed,
+                elements=desired.count(),
+                duration=self.clock() - started,
+            ),
+            view,
+        )
+
+    def _finish(
+        self, result: PolicyResult, view: PolicyView | None, *, quiet: bool = False
+    ) -> PolicyResult:
+        self.syncs += 1
+        if view is not None:
+            local = [p for p in view.pods if p.node == self.node_name]
+            policed = self._installed.policed if self._installed is not None else frozenset()
+            result = attrs.evolve(
+                result,
+                pods=sum(1 for p in local if any(a in policed for a in p.ips)),
+                policies=sum(1 for q in view.policies if any(selects(q, p) for p in local)),
+            )
+            self.first_sync_done = True
+        self.last_result = result
+        self.last_error = None
+        if result.restored:
+            self.restores += 1
+            log.info("policy tables restored", table=self.table)
+        m = self.policy_metrics
+        if m is not None:
+            m.syncs.labels(result="ok").inc()
+            if result.action not in ("none", "wait"):
+                m.writes.labels(kind=result.action).inc()
+                m.duration.observe(result.duration)
+            if result.restored:
+                m.restored.inc()
+            if view is not None:
+                m.elements.set(result.elements)
+                m.pods.set(result.pods)
+                m.policies.set(result.policies)
+        if not quiet:
+            level = jsonlog.INFO if result.action != "none" else jsonlog.DEBUG
+            if log.enabled(level):
+                log.log(
+                    level,
+                    "policy sync",
+                    table=self.table,
+                    action=result.action,
+                    changed=result.changed,
+                    elements=result.elements,
+                    pods=result.pods,
+                    policies=result.policies,
+                    full=result.full,
+                    duration_s=round(result.duration, 6),
+                )
+        return result
+
+    def remove(self) -> bool:
+        """Delete both tables (policy switched off): true if there were any."""
+        self._installed = None
+        present = any(self.nft.read_table(self.table, family=f) is not None for f in (INET, BRIDGE))
+        if not present:
+            return False
+        self.nft.apply(delete_document(self.table))
+        log.info("policy tables deleted", table=self.table)
+        return True
