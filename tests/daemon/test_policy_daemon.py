@@ -112,6 +112,7 @@ def test_tables_follow_pods_namespaces_and_policies(
     daemon: Any, bridged: str, cluster: ApiServerDouble
 ) -> None:
     ns = bridged
+    full_before = daemon.policy.full_syncs
     assert _has(ns, "ingress6", WEB6)
     assert _has(ns, "policed4", WEB, "bridge")  # same-node frames go through the node
     assert not _has(ns, "ingress4", CLIENT)
@@ -129,6 +130,9 @@ def test_tables_follow_pods_namespaces_and_policies(
     # a deleted policy isolates nobody
     cluster.delete_network_policy("shop", "web-from-client")
     wait_for(lambda: _elements(ns, "ingress4") == set(), what="nobody isolated")
+    # our own updates are told from tampering by the nft process ids: no read-back each
+    assert daemon._policy_monitor.echoes >= 4 and daemon._policy_monitor.events == 0
+    assert daemon.policy.full_syncs == full_before
     status, body = http_get(daemon, "/metrics")
     assert metric(body, "xcluster_policy_pods") == 0.0
     assert metric(body, 'xcluster_policy_objects{kind="pods"}') == 4.0

@@ -43,6 +43,7 @@ from xcluster_cni_lib.sync.reconciler import Reconciler
 if TYPE_CHECKING:
     from xcluster_cni_lib.daemon.ipamserver import IpamServer
     from xcluster_cni_lib.kernel.nftables import Nft, NftMonitor
+    from xcluster_cni_lib.kernel.nftevents import NftTableEvents
     from xcluster_cni_lib.kernel.podbridge import PodBridge
     from xcluster_cni_lib.kernel.vxlan import VxlanKernel
     from xcluster_cni_lib.sync.masquerade import MasqueradeReconciler
@@ -248,7 +249,7 @@ class Daemon:
         self.policy_store: PolicyStore | None = None
         self.policy_sources: dict[str, NodeSource] = {}
         self._policy_nft: Nft | None = None
-        self._policy_monitor: NftMonitor | None = None
+        self._policy_monitor: NftTableEvents | None = None
         self._pod_bridge: PodBridge | None = None
         if config.network_policy and (own_table or netns is not None):
             self._make_policy(config, netns, policy_sources)
@@ -314,7 +315,8 @@ class Daemon:
         netns: str | None,
         sources: Mapping[str, NodeSource] | None,
     ) -> None:
-        from xcluster_cni_lib.kernel.nftables import Nft, NftMonitor
+        from xcluster_cni_lib.kernel.nftables import Nft
+        from xcluster_cni_lib.kernel.nftevents import NftTableEvents
         from xcluster_cni_lib.kernel.podbridge import PodBridge
         from xcluster_cni_lib.sync.policy import PolicyReconciler
         from xcluster_cni_lib.sync.policystore import PolicyStore
@@ -335,8 +337,11 @@ class Daemon:
             resync_interval=config.resync_interval,
             metrics=self.metrics,
         )
-        self._policy_monitor = NftMonitor(
-            self.policy.table, nft=self._policy_nft, families=("inet", "bridge")
+        self._policy_monitor = NftTableEvents(
+            self.policy.table,
+            own_pids=self._policy_nft.started,
+            netns=netns,
+            families=("inet", "bridge"),
         )
         store.subscribe(self.policy.notify)
         metrics = self.policy.policy_metrics

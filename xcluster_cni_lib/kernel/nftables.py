@@ -35,6 +35,7 @@ tables named ``core.policynft.TABLE_PREFIX*``; no other table is ever touched.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import json
 import os
@@ -53,6 +54,8 @@ log = jsonlog.get_logger(__name__)
 
 _T = TypeVar("_T")
 
+#: How many ``nft`` process ids ``Nft.started`` keeps.
+STARTED_KEPT = 64
 #: How long one ``nft`` call may take before it is killed.
 NFT_TIMEOUT = 10.0
 #: How long the monitor waits before starting ``nft monitor`` again after it ended.
@@ -246,6 +249,9 @@ class Nft:
         self.timeout = timeout
         self._ns = _InNetns(netns)
         self.echoes = Echoes()
+        #: the process ids of the last ``nft`` runs (``kernel.nftevents`` tells our own
+        #: transactions by them)
+        self.started: collections.deque[int] = collections.deque(maxlen=STARTED_KEPT)
 
     @property
     def netns(self) -> str | None:
@@ -257,9 +263,21 @@ class Nft:
         argv = [self.command, *args]
 
         def run() -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                argv, input=stdin, capture_output=True, text=True, timeout=self.timeout
-            )
+            with subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ) as proc:
+                self.started.append(proc.pid)  # before it can commit anything
+                try:
+                    out, err = proc.communicate(stdin, timeout=self.timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate()
+                    raise
+            return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
         try:
             return self._ns.call(run)
