@@ -10,7 +10,9 @@ PATH."""
 from __future__ import annotations
 
 import copy
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +38,7 @@ VARIANTS = {
     "base": KUSTOMIZE / "base",
     "overlays/vxlan": KUSTOMIZE / "overlays" / "vxlan",
     "overlays/no-masquerade": KUSTOMIZE / "overlays" / "no-masquerade",
+    "overlays/network-policy": KUSTOMIZE / "overlays" / "network-policy",
     "overlays/example": KUSTOMIZE / "overlays" / "example",
     "secondary-net": KUSTOMIZE / "secondary-net",
     "overlays/net3": KUSTOMIZE / "overlays" / "net3",
@@ -141,7 +144,7 @@ def test_every_kustomization_in_deploy_is_a_tested_variant() -> None:
     found = {p.parent for p in DEPLOY.rglob("kustomization.yaml")}
     components = {p for p in found if "components" in p.relative_to(KUSTOMIZE).parts}
     assert found - components == set(VARIANTS.values())
-    assert {p.name for p in components} == {"no-masquerade", "vxlan"}
+    assert {p.name for p in components} == {"no-masquerade", "vxlan", "network-policy"}
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -254,13 +257,17 @@ def test_the_components_combine(tmp_path: Path, rendered: dict[str, list[dict[st
         tmp_path,
         {
             "resources": [_rel(tmp_path, KUSTOMIZE / "base")],
-            "components": [_rel(tmp_path, components / c) for c in ("vxlan", "no-masquerade")],
+            "components": [
+                _rel(tmp_path, components / c) for c in ("vxlan", "no-masquerade", "network-policy")
+            ],
         },
     )
-    ds = _only_daemonset(render(directory))
+    docs = render(directory)
+    ds = _only_daemonset(docs)
     config = _daemon_config(ds)
-    assert (config.overlay, config.masquerade) == ("vxlan", False)
+    assert (config.overlay, config.masquerade, config.network_policy) == ("vxlan", False, True)
     assert _env(_container(ds, "install", init=True))["OVERLAY"] == "vxlan"
+    assert _permissions(_by_key(docs)[CLUSTER_ROLE]) == BASE_PERMISSIONS | POLICY_PERMISSIONS
 
 
 def test_one_images_entry_changes_every_image(tmp_path: Path) -> None:
@@ -324,3 +331,120 @@ def test_a_secondary_network_instance_is_apart_from_the_others(
         )
     assert len(annotations) == 4
     assert configs[1].cluster_cidrs != configs[2].cluster_cidrs
+
+
+# -- NetworkPolicy: the component adds exactly the env and the RBAC the agent then needs ------
+
+CLUSTER_ROLE = ("ClusterRole", "xcluster-cni")
+READ = ("get", "list", "watch")
+BASE_PERMISSIONS = frozenset(("", "nodes", verb) for verb in READ)
+# what the agent watches with NETWORK_POLICY=true (docs/install.md, "RBAC")
+POLICY_PERMISSIONS = frozenset(
+    (group, resource, verb)
+    for group, resource in (
+        ("", "pods"),
+        ("", "namespaces"),
+        ("networking.k8s.io", "networkpolicies"),
+    )
+    for verb in READ
+)
+
+
+def _permissions(role: dict[str, Any]) -> frozenset[tuple[str, str, str]]:
+    """What a ClusterRole grants, as (API group, resource, verb); it names nothing else
+    (no resourceNames, no nonResourceURLs, no wildcard)."""
+    out = set()
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    assert "*" not in (group, resource, verb), rule
+                    out.add((group, resource, verb))
+    return frozenset(out)
+
+
+def test_the_base_cluster_role_reads_nodes_only(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    assert _permissions(_by_key(rendered["base"])[CLUSTER_ROLE]) == BASE_PERMISSIONS
+    assert _daemon_config(_only_daemonset(rendered["base"])).network_policy is False
+    static = _by_key(_docs(DEPLOY / "xcluster-cni-static-rbac.yaml"))[CLUSTER_ROLE]
+    assert _permissions(static) == BASE_PERMISSIONS
+
+
+def test_network_policy_adds_exactly_its_env_and_rbac(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    base = _by_key(rendered["base"])
+    variant = _by_key(rendered["overlays/network-policy"])
+    assert variant.keys() == base.keys()
+    # the DaemonSet: NETWORK_POLICY=true on the daemon, nothing else
+    ds = variant.pop(("DaemonSet", "xcluster-cni"))
+    base_ds = base.pop(("DaemonSet", "xcluster-cni"))
+    assert _env(_container(ds, "xcluster-cni"))["NETWORK_POLICY"] == "true"
+    assert _daemon_config(ds).network_policy is True
+    expected = copy.deepcopy(base_ds)
+    _container(expected, "xcluster-cni")["env"].append({"name": "NETWORK_POLICY", "value": "true"})
+    assert _env_sorted(ds) == _env_sorted(expected)
+    # the ClusterRole: the base's rules, then exactly get/list/watch on the three kinds
+    role = variant.pop(CLUSTER_ROLE)
+    base_role = base.pop(CLUSTER_ROLE)
+    assert role["rules"][: len(base_role["rules"])] == base_role["rules"]
+    assert {k: v for k, v in role.items() if k != "rules"} == {
+        k: v for k, v in base_role.items() if k != "rules"
+    }
+    assert _permissions(role) == BASE_PERMISSIONS | POLICY_PERMISSIONS
+    assert _permissions(role) - _permissions(base_role) == POLICY_PERMISSIONS
+    # the ServiceAccount and the binding are the base's
+    assert variant == base
+
+
+def test_the_example_overlay_names_every_component() -> None:
+    """The example lists every component (the optional ones commented out), so a cluster's
+    own overlay copied from it shows every choice."""
+    text = (KUSTOMIZE / "overlays" / "example" / "kustomization.yaml").read_text()
+    for component in (KUSTOMIZE / "components").iterdir():
+        assert f"../../components/{component.name}" in text, component.name
+
+
+def test_the_manual_steps_in_install_md_do_what_the_component_does(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """docs/install.md's `kubectl patch clusterrole` and `kubectl set env` for a running
+    cluster (the plain manifest) give the ClusterRole and the setting the component gives."""
+    text = (REPO / "docs" / "install.md").read_text()
+    section = text[text.index("### NetworkPolicy") : text.index("## kustomize")]
+    patch = re.search(
+        r"kubectl patch clusterrole xcluster-cni --type=json -p '(.*?)'", section, re.S
+    )
+    assert patch is not None
+    base_rules = _by_key(rendered["base"])[CLUSTER_ROLE]["rules"]
+    role = copy.deepcopy(_by_key(rendered["base"])[CLUSTER_ROLE])
+    for op in json.loads(patch.group(1)):
+        assert (op["op"], op["path"]) == ("add", "/rules/-")
+        role["rules"].append(op["value"])
+    assert role == _by_key(rendered["overlays/network-policy"])[CLUSTER_ROLE]
+    assert (
+        "kubectl -n kube-system set env daemonset/xcluster-cni -c xcluster-cni NETWORK_POLICY=true"
+        in section
+    )
+    # the YAML shown is the same two rules
+    shown = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert shown is not None
+    assert yaml.safe_load(shown.group(1)) == role["rules"][len(base_rules) :]
+
+
+def test_the_rbac_covers_exactly_what_the_agent_lists_and_watches() -> None:
+    """Every resource the agent's watches use (``sources.watching.RESOURCES``) is readable
+    with the base's rules (nodes) or the component's (the policy store's kinds), and the
+    component grants no resource the policy watches do not use."""
+    from xcluster_cni_lib.sources.watching import RESOURCES
+    from xcluster_cni_lib.sync.policystore import KINDS
+
+    groups = {"CoreV1Api": "", "NetworkingV1Api": "networking.k8s.io"}
+    used = {res: groups[api] for res, (api, _, _) in RESOURCES.items()}
+    for resource, group in used.items():
+        for verb in ("list", "watch"):
+            assert (group, resource, verb) in BASE_PERMISSIONS | POLICY_PERMISSIONS, resource
+    assert {resource for _, resource, _ in POLICY_PERMISSIONS} == set(KINDS)

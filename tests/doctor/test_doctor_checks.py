@@ -60,6 +60,7 @@ def healthy(**changes: Any) -> DoctorFacts:
             for c in ("10.244.1.0/24", "10.244.2.0/24", "fd00:10:244:1::/64", "fd00:10:244:2::/64")
         ),
         masquerade_table="xcluster-cni-202",
+        policy=doctor.PolicyTables("xcluster-cni-policy-202", bridged=True),
         expected_mtu=1500,
         mtu_source="eth0 (192.168.1.1)",
     )
@@ -81,6 +82,7 @@ def test_a_healthy_node_is_all_ok_and_exits_0() -> None:
         "routes",
         "overlay",
         "masquerade",
+        "policy",
         "mtu",
         "protocol",
     ]

@@ -115,6 +115,22 @@ class OverlayState:
 
 
 @attrs.frozen
+class PolicyTables:
+    """The instance's NetworkPolicy tables (``core.policynft.table_name``) as ``nft -j list
+    table`` lists them (``None``: no such table), the pods' bridge (``POLICY_BRIDGE``;
+    ``None``: pods are not bridged), whether that link exists (``None``: not looked up)
+    and its MAC address, or the ``error`` reading them."""
+
+    name: str
+    inet: tuple[Mapping[str, Any], ...] | None = None
+    bridge: tuple[Mapping[str, Any], ...] | None = None
+    bridge_link: str | None = "cbr0"
+    bridged: bool | None = None
+    bridge_mac: str | None = None
+    error: str | None = None
+
+
+@attrs.frozen
 class DoctorFacts:
     """Everything the checks look at, read once (``tools.doctorfacts.gather``)."""
 
@@ -137,6 +153,8 @@ class DoctorFacts:
     masquerade_table: str = ""
     masquerade_present: bool | None = None
     masquerade_error: str | None = None
+    network_policy: bool = False  # NETWORK_POLICY
+    policy: PolicyTables | None = None  # None: not read
     expected_mtu: int | None = None
     mtu_source: str = ""
     mtu_error: str | None = None
@@ -602,6 +620,139 @@ def check_masquerade(facts: DoctorFacts) -> Check:
     return Check(name, OK, "MASQUERADE is off: no table")
 
 
+# -- NetworkPolicy ---------------------------------------------------------------------------
+
+#: The sets of the inet table holding the local pod addresses isolated per direction.
+ISOLATION_SETS = {"ingress": ("ingress4", "ingress6"), "egress": ("egress4", "egress6")}
+
+
+def _specs(objects: Sequence[Mapping[str, Any]], kind: str) -> list[Mapping[str, Any]]:
+    """The specs of one kind (``set``, ``map``, ``chain``, ...) in an nft listing."""
+    return [o[kind] for o in objects if isinstance(o.get(kind), Mapping)]
+
+
+def forward_hooked(objects: Sequence[Mapping[str, Any]]) -> bool:
+    """The listed inet table has its ``forward`` chain, hooked at forward."""
+    return any(
+        c.get("name") == "forward" and c.get("hook") == "forward" for c in _specs(objects, "chain")
+    )
+
+
+def element_counts(objects: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """How many elements each set and map of a listed table holds."""
+    counts: dict[str, int] = {}
+    for kind in ("set", "map"):
+        for spec in _specs(objects, kind):
+            elem = spec.get("elem")
+            counts[str(spec.get("name"))] = len(elem) if isinstance(elem, list) else 0
+    return counts
+
+
+def redirect_macs(objects: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The addresses a listed bridge table's rules set as frames' destination MAC (the
+    bridge's, when the table was written: ``core.policynft.bridge_rules``)."""
+    found: set[str] = set()
+    for rule in _specs(objects, "rule"):
+        for expr in rule.get("expr") or ():
+            mangle = expr.get("mangle") if isinstance(expr, Mapping) else None
+            if not isinstance(mangle, Mapping):
+                continue
+            key = mangle.get("key")
+            payload = key.get("payload") if isinstance(key, Mapping) else None
+            if isinstance(payload, Mapping) and payload.get("field") == "daddr":
+                found.add(str(mangle.get("value")).lower())
+    return found
+
+
+def check_policy(facts: DoctorFacts) -> Check:
+    """With NETWORK_POLICY=true the inet table enforces (its forward chain is hooked) and,
+    where pods are bridged, the bridge table is there; without, neither table is left."""
+    name = "policy"
+    state = facts.policy
+    if state is None:
+        return Check(name, WARN, "not checked", "")
+    inet, bridge = f"inet {state.name}", f"bridge {state.name}"
+    if not facts.network_policy:
+        if state.error is not None:
+            # a node without nft is fine when nothing is enforced
+            return Check(name, OK, f"NETWORK_POLICY is off (tables not read: {state.error})")
+        left = [
+            t for t, listed in ((inet, state.inet), (bridge, state.bridge)) if listed is not None
+        ]
+        if left:
+            deletes = "; ".join(f"nft delete table {t}" for t in left)
+            return Check(
+                name,
+                WARN,
+                f"NETWORK_POLICY is off but table {' and '.join(left)} is present: "
+                "it still polices this node's pods",
+                "left by an earlier run with NETWORK_POLICY=true: the agent deletes them when "
+                f"it starts, so restart the xcluster-cni pod (or {deletes})",
+            )
+        return Check(name, OK, "NETWORK_POLICY is off: no tables")
+    if state.error is not None:
+        return Check(
+            name,
+            FAIL,
+            f"NETWORK_POLICY=true; tables not read: {state.error}",
+            "nft (nftables) must be installed and doctor run as root",
+        )
+    if state.inet is None:
+        return Check(
+            name,
+            FAIL,
+            f"NETWORK_POLICY=true but table {inet} is missing: no policy is enforced",
+            "the agent writes it once it has listed pods, namespaces and networkpolicies: "
+            "is it running here, with that RBAC (docs/install.md)? see its log and /readyz",
+        )
+    if not forward_hooked(state.inet):
+        return Check(
+            name,
+            FAIL,
+            f"table {inet} has no chain forward hooked at forward: no policy is enforced",
+            "changed by someone else: the agent rewrites it within a second; is it running "
+            "here? see its log",
+        )
+    counts = element_counts(state.inet)
+    isolated = {d: sum(counts.get(s, 0) for s in sets) for d, sets in ISOLATION_SETS.items()}
+    summary = (
+        f"table {inet}: {isolated['ingress']} local pod addresses isolated for ingress, "
+        f"{isolated['egress']} for egress, {sum(counts.values())} elements"
+    )
+    if state.bridge is None and state.bridge_link is not None and state.bridged:
+        return Check(
+            name,
+            WARN,
+            f"pods are bridged on {state.bridge_link} but table {bridge} is missing: traffic "
+            "between pods of this node is not policed",
+            f"the agent writes it when the link POLICY_BRIDGE={state.bridge_link} exists: "
+            "is it running here with the same POLICY_BRIDGE? see its log",
+            (summary,),
+        )
+    mac = (state.bridge_mac or "").lower()
+    stale = sorted(redirect_macs(state.bridge) - {mac}) if state.bridge and mac else []
+    if stale:
+        return Check(
+            name,
+            FAIL,
+            f"table {bridge} sends policed pods' frames to {', '.join(stale)} but "
+            f"{state.bridge_link} has {mac}: same-node traffic of "
+            "policed pods is lost",
+            "the agent pins the bridge's address and writes the current one at its next "
+            "sync: is it running here? see its log (pod bridge address)",
+            (summary,),
+        )
+    if state.bridge is not None:
+        where = f"table {bridge}" + (f" for {state.bridge_link}" if state.bridge_link else "")
+    elif state.bridge_link is None:
+        where = "POLICY_BRIDGE is empty: no bridge table needed"
+    elif state.bridged is None:
+        where = f"no table {bridge} ({state.bridge_link} not looked up)"
+    else:
+        where = f"no {state.bridge_link} here: no bridge table needed"
+    return Check(name, OK, f"{summary}; {where}")
+
+
 # -- MTU -----------------------------------------------------------------------------------------
 
 
@@ -698,6 +849,7 @@ CHECKS: tuple[Callable[[DoctorFacts], Check], ...] = (
     check_routes,
     check_overlay,
     check_masquerade,
+    check_policy,
     check_mtu,
     check_protocol,
 )

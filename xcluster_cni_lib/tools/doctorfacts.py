@@ -4,7 +4,8 @@ then says so); nothing here decides OK/WARN/FAIL.
 
 Settings come from the environment the daemon reads (``daemon.config.load_config``), so
 ``kubectl exec`` into the agent's pod checks with the pod's PROTOCOL, OVERLAY,
-MASQUERADE, annotations and node name; the flags win over them.
+MASQUERADE, NETWORK_POLICY, POLICY_BRIDGE, annotations and node name; the flags win over
+them.
 """
 
 from __future__ import annotations
@@ -313,6 +314,51 @@ def _masquerade(config: DaemonConfig) -> tuple[bool | None, str | None]:
         return None, (str(e) if config.masquerade else None)
 
 
+def _link_mac(name: str, netns: str | None) -> tuple[bool | None, str | None]:
+    """Whether the link ``name`` exists (None: not read) and its MAC address."""
+    from xcluster_cni_lib.kernel.vxlan import VxlanKernel
+
+    try:
+        kernel = VxlanKernel(netns, monitor=False)
+    except OSError:
+        return None, None
+    try:
+        link = kernel.link(name)
+    except OSError:
+        return None, None
+    finally:
+        kernel.close()
+    return (False, None) if link is None else (True, link.mac or None)
+
+
+def read_policy(config: DaemonConfig, *, netns: str | None = None) -> doctor.PolicyTables:
+    """Both NetworkPolicy tables of the instance as listed, and whether the pods' bridge
+    (POLICY_BRIDGE) exists and its address; in ``netns`` (None: here)."""
+    from xcluster_cni_lib.core.policynft import BRIDGE, INET
+    from xcluster_cni_lib.core.policynft import table_name as policy_table
+    from xcluster_cni_lib.kernel.nftables import Nft, NftError
+
+    name = policy_table(config.protocol)
+    link = config.policy_bridge
+    bridged, mac = _link_mac(link, netns) if link is not None else (False, None)
+    try:
+        with Nft(netns=netns) as nft:
+            inet = nft.read_table(name, family=INET)
+            bridge = nft.read_table(name, family=BRIDGE)
+    except (NftError, OSError) as e:
+        return doctor.PolicyTables(
+            name, bridge_link=link, bridged=bridged, bridge_mac=mac, error=str(e)
+        )
+    return doctor.PolicyTables(
+        name,
+        inet=None if inet is None else tuple(inet),
+        bridge=None if bridge is None else tuple(bridge),
+        bridge_link=link,
+        bridged=bridged,
+        bridge_mac=mac,
+    )
+
+
 def _protocol_owner(config: DaemonConfig, env: Mapping[str, str]) -> str | None:
     owner = read_rt_protos().get(config.protocol)
     named = env.get("PROTOCOL", "").strip()
@@ -411,6 +457,8 @@ def gather(options: DoctorOptions, env: Mapping[str, str]) -> doctor.DoctorFacts
         masquerade_table=table_name(config.protocol),
         masquerade_present=masquerade_present,
         masquerade_error=masquerade_error,
+        network_policy=config.network_policy,
+        policy=read_policy(config),
         expected_mtu=expected_mtu,
         mtu_source=mtu_source,
         mtu_error=mtu_error,
