@@ -209,6 +209,12 @@ def prepare_path(path: str) -> bool:
     return True
 
 
+#: Called after each served call, before its answer is sent: (verb, environment, exit
+#: status, output). The NetworkPolicy admission (``daemon.admission``) waits there until
+#: a new pod's policy is enforced.
+AfterCall = Callable[[str, dict[str, str], int, bytes], None]
+
+
 class IpamServer:
     """Serves the IPAM verbs on ``path`` until :meth:`stop`."""
 
@@ -224,8 +230,10 @@ class IpamServer:
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         own_node: OwnNodeLookup | None = None,
         cni_path: str = "",
+        after: AfterCall | None = None,
     ) -> None:
         self.path = path
+        self.after = after
         self.run = run
         self.own_node = own_node
         self.cni_path = cni_path
@@ -402,6 +410,11 @@ class IpamServer:
             rc, out = self._call(request)
         finally:
             self._slots.release()
+        if self.after is not None:
+            try:
+                self.after(verb, request.env, rc, out)
+            except Exception as e:  # never fails the call
+                log.warning("ipam after-call hook failed", error=f"{type(e).__name__}: {e}")
         code = 0 if rc == 0 else _error_code(out)
         self._count(verb, code)
         fields: dict[str, object] = {

@@ -41,6 +41,7 @@ from xcluster_cni_lib.sync.nodecache import NodeCache
 from xcluster_cni_lib.sync.reconciler import Reconciler
 
 if TYPE_CHECKING:
+    from xcluster_cni_lib.daemon.admission import PolicyAdmission
     from xcluster_cni_lib.daemon.ipamserver import IpamServer
     from xcluster_cni_lib.kernel.nftables import Nft, NftMonitor
     from xcluster_cni_lib.kernel.nftevents import NftTableEvents
@@ -254,17 +255,23 @@ class Daemon:
         if config.network_policy and (own_table or netns is not None):
             self._make_policy(config, netns, policy_sources)
         self.ipam: IpamServer | None = None
+        self.admission: PolicyAdmission | None = None
         self.own_node: OwnNode | NodesFileOwnNode | None = None
         self.own_node_source: NodeSource | None = None
         if config.ipam_socket is not None:
             from xcluster_cni_lib.daemon.ipamserver import IpamServer
 
             self.own_node, self.own_node_source = make_own_node(config, machine_id, own_node_source)
+            if self.policy is not None and self.policy_store is not None:
+                from xcluster_cni_lib.daemon.admission import PolicyAdmission
+
+                self.admission = PolicyAdmission(self.policy_store, self.policy)
             self.ipam = IpamServer(
                 config.ipam_socket,
                 metrics=self.metrics,
                 own_node=self.own_node,
                 cni_path=config.ipam_cni_path,
+                after=self.admission.after_call if self.admission is not None else None,
             )
         self._threads: list[threading.Thread] = []
 

@@ -134,6 +134,12 @@ class PolicyMetrics:
             ["kind"],
             registry=r,
         )
+        self.pod_start_wait = Histogram(
+            PREFIX + "policy_pod_start_wait_seconds",
+            "How long a served ADD waited for the new pod's policy to be enforced.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
+            registry=r,
+        )
         self.problems = Gauge(
             PREFIX + "policy_problems",
             "Objects skipped because they are malformed (logged with their name and field).",
@@ -189,6 +195,9 @@ class PolicyReconciler(ReconcileLoop):
         self._installed: PolicyState | None = None
         self._installed_mac: str | None = None
         self._generation = -1
+        #: the store generation the tables enforce (``wait_applied``)
+        self.applied_generation = -1
+        self._applied = threading.Condition()
         self.syncs = 0
         self.full_syncs = 0
         self.restores = 0
@@ -215,6 +224,20 @@ class PolicyReconciler(ReconcileLoop):
         elif not self.first_sync_done and not out:
             out.append(f"policy: table {self.table} not reconciled yet")
         return out
+
+    def wait_applied(self, generation: int, timeout: float) -> bool:
+        """Wait until the tables enforce the store's ``generation`` (or a later one);
+        false after ``timeout`` seconds."""
+        with self._applied:
+            return self._applied.wait_for(
+                lambda: self.applied_generation >= generation, timeout=timeout
+            )
+
+    def _mark_applied(self, generation: int) -> None:
+        with self._applied:
+            if generation > self.applied_generation:
+                self.applied_generation = generation
+                self._applied.notify_all()
 
     def notify_kernel(self) -> None:
         """Our tables changed in the kernel (``NftMonitor``): compare and repair at once."""
@@ -314,6 +337,7 @@ class PolicyReconciler(ReconcileLoop):
         if self.store.generation == self._generation and mac == self._installed_mac:
             return None
         view, desired = self._desired()
+        generation = self._generation
         document = None
         if mac == self._installed_mac:
             document = update_document(self.table, installed, desired, bridge=mac is not None)
@@ -327,6 +351,7 @@ class PolicyReconciler(ReconcileLoop):
             changed = sum(len(before.get(k, frozenset()) ^ after.get(k, frozenset()))
                           for k in before.keys() | after.keys())  # fmt: skip
             if not changed:
+                self._mark_applied(generation)
                 return None
             action = "update"
         self._installed = None  # unknown if the transaction fails
@@ -348,6 +373,7 @@ class PolicyReconciler(ReconcileLoop):
     ) -> PolicyResult:
         self.syncs += 1
         if view is not None:
+            self._mark_applied(self._generation)
             local = [p for p in view.pods if p.node == self.node_name]
             policed = self._installed.policed if self._installed is not None else frozenset()
             result = attrs.evolve(

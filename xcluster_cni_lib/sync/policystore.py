@@ -3,12 +3,19 @@ as compact facts (``core.policyfacts``), fed by three sources (``KubeNodeSource`
 ``resource=pods|namespaces|networkpolicies``), one ``KindSink`` each.
 
 Every object is parsed once, where it arrives (``convert``): the sinks keep only the facts,
-never the API's dicts. A pod without addresses, hostNetwork or finished is kept out
-(nothing can select or reach it; a later event with addresses brings it in). An event that
+never the API's dicts. A hostNetwork or finished pod is kept out (nothing can select or
+reach it); a pod without addresses yet is kept (its labels are known when the served IPAM
+binds its addresses). An event that
 changes nothing policy reads (a pod's status conditions, a heartbeat of labels that did
 not change) costs one parse and one comparison and notifies nobody. A malformed object is
 dropped from the view and kept as a ``PolicyProblem`` (logged once, counted in metrics)
 until a valid version of it arrives or it is deleted.
+
+A pod the API does not show addresses for yet can get them from the agent itself
+(``bind``): the served IPAM knows a new pod's addresses before the kubelet reports them,
+so the pod's policy can be in place before its containers start (``daemon.admission``).
+A binding counts only while the API shows no addresses for the pod, and goes with the
+pod (or ``unbind``, a DEL).
 
 ``synced`` is true once all three kinds have been listed completely (the agent never acts
 on a partial view); ``healthy`` while all three sources are. Listeners (the reconciler's
@@ -24,6 +31,7 @@ from typing import Any, Final
 import attrs
 
 from xcluster_cni_lib.core.policyfacts import (
+    DONE_PHASES,
     InvalidObject,
     NamespaceFacts,
     PodFacts,
@@ -35,6 +43,7 @@ from xcluster_cni_lib.core.policyfacts import (
     parse_pod,
     parse_policy,
 )
+from xcluster_cni_lib.core.values import IPAddress
 from xcluster_cni_lib.support import jsonlog
 
 log = jsonlog.get_logger(__name__)
@@ -93,8 +102,8 @@ def converter(kind: str) -> Callable[[Mapping[str, Any]], Parsed]:
         except (TypeError, AttributeError, ValueError) as e:  # shapes no check foresaw
             key = _key_of(obj, namespaced)
             return Rejected(key, PolicyProblem(name, key, f"unreadable: {e}"))
-        if isinstance(facts, PodFacts) and not facts.policed:
-            return Absent(facts.key)
+        if isinstance(facts, PodFacts) and (facts.host_network or facts.phase in DONE_PHASES):
+            return Absent(facts.key)  # never policed (kept: pods waiting for addresses)
         assert isinstance(facts, NamespaceFacts | PodFacts | PolicyFacts)
         return facts
 
@@ -166,6 +175,8 @@ class KindSink:
     def delete(self, key: str) -> None:
         with self.store.lock:
             self.problems.pop(key, None)
+            if self.kind == "pods":
+                self.store.bindings.pop(key, None)
             if self.items.pop(key, None) is None:
                 return
             self.store.changed()
@@ -187,6 +198,7 @@ class PolicyStore:
         self.lock = threading.Lock()
         self.sinks = {kind: KindSink(self, kind) for kind in KINDS}
         self.generation = 0
+        self.bindings: dict[str, tuple[IPAddress, ...]] = {}
         self._listeners: list[Callable[[], None]] = []
 
     def subscribe(self, listener: Callable[[], None]) -> None:
@@ -199,6 +211,26 @@ class PolicyStore:
     def notify(self) -> None:
         for listener in self._listeners:
             listener()
+
+    def bind(self, key: str, ips: Iterable[IPAddress]) -> tuple[int, bool]:
+        """Pod ``key`` (``namespace/name``) has ``ips`` (the served IPAM allocated them);
+        the generation that includes it, and whether the pod itself is known."""
+        ips = tuple(ips)
+        with self.lock:
+            known = key in self.sinks["pods"].items
+            if self.bindings.get(key) != ips:
+                self.bindings[key] = ips
+                self.changed()
+            generation = self.generation
+        self.notify()
+        return generation, known
+
+    def unbind(self, key: str) -> None:
+        with self.lock:
+            if self.bindings.pop(key, None) is None:
+                return
+            self.changed()
+        self.notify()
 
     @property
     def synced(self) -> bool:
@@ -230,7 +262,12 @@ class PolicyStore:
     def view(self) -> tuple[PolicyView, int]:
         """A consistent view and the generation it is of."""
         with self.lock:
-            pods = list(self.sinks["pods"].items.values())
+            pods = [
+                attrs.evolve(p, ips=self.bindings[p.key])
+                if not p.ips and p.key in self.bindings
+                else p
+                for p in self.sinks["pods"].items.values()
+            ]
             namespaces = list(self.sinks["namespaces"].items.values())
             policies = list(self.sinks["networkpolicies"].items.values())
             problems = [p for s in self.sinks.values() for p in s.problems.values()]
