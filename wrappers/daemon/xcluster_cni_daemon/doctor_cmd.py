@@ -1,7 +1,7 @@
 """``xcluster-cni doctor``: check this node's networking (conflist, plugins, IPAM socket,
-API server, routes, overlay, masquerade, MTU, protocol number). The checks are
-``xcluster_cni_lib.tools.doctor`` (pure) on what ``tools.doctorfacts`` reads; this only
-parses the flags, prints and returns the exit code: 0 all OK, 1 a WARN, 2 a FAIL.
+API server, routes, overlay, masquerade, NetworkPolicy tables, MTU, protocol number). The
+checks are ``xcluster_cni_lib.tools.doctor`` (pure) on what ``tools.doctorfacts`` reads;
+this only parses the flags, prints and returns the exit code: 0 all OK, 1 a WARN, 2 a FAIL.
 Documented in ``docs/doctor.md``."""
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="check this node's networking: OK/WARN/FAIL with a hint each",
         description="Check this node (run it on the node or with kubectl exec in the "
         "agent's pod): CNI config, plugins, IPAM socket, API server, routes, overlay, "
-        "masquerade, MTU, protocol number. Settings come from the daemon's environment "
-        "variables; flags win. Exit 0 all OK, 1 a warning, 2 a failure. See docs/doctor.md.",
+        "masquerade, NetworkPolicy tables, MTU, protocol number. Settings come from the "
+        "daemon's environment variables; flags win. Exit 0 all OK, 1 a warning, 2 a "
+        "failure. See docs/doctor.md.",
     )
     p.add_argument(
         "--cni-conf-dir", metavar="DIR", default="/etc/cni/net.d", help="[/etc/cni/net.d]"
