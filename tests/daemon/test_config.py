@@ -286,3 +286,26 @@ def test_http_address_takes_a_bracketed_ipv4_address() -> None:
     """A manifest can write "[$(HOST_IP)]:9202" whatever the node's family."""
     assert load(HTTP_ADDRESS="[10.0.0.5]:9202").http_address == ("10.0.0.5", 9202)
     assert load(HTTP_ADDRESS="[fd00::5]:9202").http_address == ("fd00::5", 9202)
+
+
+def test_network_policy_settings(tmp_path: os.PathLike[str]) -> None:
+    kubeconfig = os.path.join(tmp_path, "kubeconfig")
+    open(kubeconfig, "w").close()
+    config = load_config({"NETWORK_POLICY": "true", "NODE_NAME": "n1"}, rt_protos={})
+    assert config.network_policy and config.policy_bridge == "cbr0"
+    assert not config.policy_log_denied
+    config = load_config(
+        {"NETWORK_POLICY": "1", "NODE_NAME": "n1", "POLICY_BRIDGE": "", "POLICY_LOG_DENIED": "yes"},
+        rt_protos={},
+    )
+    assert config.policy_bridge is None and config.policy_log_denied
+    with pytest.raises(ConfigError, match=r"NETWORK_POLICY.*set NODE_NAME"):
+        load_config({"NETWORK_POLICY": "true"}, rt_protos={})
+    nodes = {"NETWORK_POLICY": "true", "NODE_NAME": "n1", "NODES_FILE": "/x/nodes.json"}
+    with pytest.raises(ConfigError, match=r"NETWORK_POLICY.*set KUBECONFIG"):
+        load_config(nodes, rt_protos={})
+    # with NODES_FILE, the policy watches keep the kubeconfig (no "ignored" warning)
+    config = load_config({**nodes, "KUBECONFIG": kubeconfig}, rt_protos={})
+    assert config.kubeconfig == kubeconfig and not config.warnings
+    with pytest.raises(ConfigError, match="POLICY_BRIDGE"):
+        load_config({"POLICY_BRIDGE": "no/slash"}, rt_protos={})
