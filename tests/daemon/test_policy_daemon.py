@@ -6,9 +6,11 @@ within 1 s; an API outage changes nothing; a restart never removes the tables.""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -133,8 +135,9 @@ def test_tables_follow_pods_namespaces_and_policies(
     # our own updates are told from tampering by the nft process ids: no read-back each
     assert daemon._policy_monitor.echoes >= 4 and daemon._policy_monitor.events == 0
     assert daemon.policy.full_syncs == full_before
+    # the gauges follow right after the transaction
+    wait_for(lambda: metric(http_get(daemon, "/metrics")[1], "xcluster_policy_pods") == 0.0)
     status, body = http_get(daemon, "/metrics")
-    assert metric(body, "xcluster_policy_pods") == 0.0
     assert metric(body, 'xcluster_policy_objects{kind="pods"}') == 4.0
     assert metric(body, "xcluster_policy_syncs_total" + '{result="ok"}') >= 1
     status, text = http_get(daemon, "/readyz")
@@ -250,3 +253,58 @@ def test_policy_off_removes_the_tables(
     with running_daemon(bridged, NODE_NAME="n1", KUBECONFIG=kubeconfig) as d:
         wait_for(lambda: d.reconciler.first_sync_done, what="started")
         assert _tables(bridged) == set()
+
+
+def _pod_ns(node_ns: str, name: str, address: str) -> str:
+    """A pod namespace on the node's cbr0 (10.244.1.0/24, the node's bridge .1)."""
+    pod = f"{node_ns}-{name}"
+    subprocess.run(["ip", "netns", "add", pod], check=True)
+    run_in(node_ns, ["ip", "link", "add", f"v{name}", "type", "veth", "peer", "eth0", "netns", pod])
+    run_in(node_ns, ["ip", "link", "set", f"v{name}", "master", "cbr0", "up"])
+    run_in(pod, ["ip", "addr", "add", f"{address}/24", "dev", "eth0"])
+    run_in(pod, ["ip", "link", "set", "eth0", "up"])
+    run_in(pod, ["ip", "link", "set", "lo", "up"])
+    run_in(pod, ["ip", "route", "add", "default", "via", "10.244.1.1"])
+    return pod
+
+
+def test_denied_packets_are_logged_when_asked(
+    bridged: str, cluster: ApiServerDouble, kubeconfig: str
+) -> None:
+    ns = bridged
+    run_in(ns, ["ip", "addr", "add", "10.244.1.1/24", "dev", "cbr0"])
+    run_in(ns, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    flag = Path("/proc/sys/net/netfilter/nf_log_all_netns")
+    saved = flag.read_text().strip()
+    kmsg = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    os.lseek(kmsg, 0, os.SEEK_END)
+    pods: list[str] = []
+    try:
+        pods += [_pod_ns(ns, "w", WEB), _pod_ns(ns, "c", CLIENT)]
+        flag.write_text("1")  # the kernel logs from network namespaces only with this
+        with running_daemon(ns, **_settings(kubeconfig, POLICY_LOG_DENIED="true")):
+            wait_for(lambda: _has(ns, "ingress4", WEB), what="enforced")
+            # allowed: the client reaches web's named port; denied: ping (no rule for ICMP)
+            assert (
+                subprocess.run(
+                    ["ip", "netns", "exec", pods[1], "ping", "-c1", "-W1", WEB], capture_output=True
+                ).returncode
+                != 0
+            )
+            lines: list[str] = []
+
+            def logged() -> bool:
+                while True:
+                    try:
+                        record = os.read(kmsg, 8192)
+                    except BlockingIOError:
+                        break
+                    lines.append(record.decode(errors="replace"))
+                return any(f"{TABLE} deny" in ln and f"DST={WEB}" in ln for ln in lines)
+
+            wait_for(logged, what="the denied ping in the kernel log")
+    finally:
+        flag.write_text(saved)
+        os.close(kmsg)
+        for pod in pods:
+            subprocess.run(["ip", "netns", "del", pod], check=False)
