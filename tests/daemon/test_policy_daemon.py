@@ -126,6 +126,14 @@ def test_tables_follow_pods_namespaces_and_policies(
     wait_for(lambda: not _has(ns, "ingress4", WEB), what="web no longer isolated")
     cluster.patch_pod("shop", "web", {"metadata": {"labels": {"app": "web"}}})
     wait_for(lambda: _has(ns, "ingress4", WEB), what="web isolated again")
+    # a pod elsewhere that no policy of this node's pods can see: no recompile at all
+    skipped = daemon.policy.skipped
+    cluster.add_pod(make_pod("far2", "other", node="n2", ips=["10.244.2.9"], labels={"x": "y"}))
+    wait_for(lambda: daemon.policy.skipped > skipped, what="a change that does not matter")
+    # ... until it becomes a peer of web's policy: its address maps to web's class chain
+    cluster.add_pod(make_pod("far3", "shop", node="n2", ips=["10.244.2.10"], labels={"x": "y"}))
+    cluster.patch_pod("shop", "far3", {"metadata": {"labels": {"app": "client"}}})
+    wait_for(lambda: "10.244.2.10" in _nft(ns, "list", "map", "inet", TABLE, "in4").stdout)
     # a pod that appears with an address a policy selects is isolated
     cluster.add_pod(make_pod("web2", "shop", node="n1", ips=["10.244.1.7"], labels={"app": "web"}))
     wait_for(lambda: _has(ns, "ingress4", "10.244.1.7"), what="new pod isolated")
@@ -138,7 +146,7 @@ def test_tables_follow_pods_namespaces_and_policies(
     # the gauges follow right after the transaction
     wait_for(lambda: metric(http_get(daemon, "/metrics")[1], "xcluster_policy_pods") == 0.0)
     status, body = http_get(daemon, "/metrics")
-    assert metric(body, 'xcluster_policy_objects{kind="pods"}') == 4.0
+    assert metric(body, 'xcluster_policy_objects{kind="pods"}') == 6.0
     assert metric(body, "xcluster_policy_syncs_total" + '{result="ok"}') >= 1
     status, text = http_get(daemon, "/readyz")
     assert status == 200, text

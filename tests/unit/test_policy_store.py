@@ -123,3 +123,24 @@ def test_nf_tables_notifications_are_told_by_table_family_and_process() -> None:
     )
     assert table_events(data, t, {1, 7}, {100}) == (2, 1)
     assert table_events(data[:10], t, {1, 7}, {100}) == (0, 0)  # truncated: nothing
+
+
+def test_pod_changes_since_gives_each_pod_then_and_now_or_none() -> None:
+    store, _ = _store()
+    _list_all(store)
+    convert = converter("pods")
+    start = store.generation
+    a1 = convert(make_pod("a", "x", node="n2", ips=["10.0.0.1"], labels={"v": "1"}))
+    store.sinks["pods"].upsert(a1)
+    a2 = convert(make_pod("a", "x", node="n2", ips=["10.0.0.1"], labels={"v": "2"}))
+    store.sinks["pods"].upsert(a2)
+    store.sinks["pods"].delete("x/gone")  # unknown: no change
+    found = store.pod_changes_since(start)
+    assert found == (store.generation, [(None, a2)])
+    assert store.pod_changes_since(store.generation) == (store.generation, [])
+    middle = store.generation
+    store.sinks["namespaces"].upsert(converter("namespaces")(make_namespace("x")))
+    assert store.pod_changes_since(middle) is None  # not only pods
+    later = store.generation
+    store.bind("x/a", [])
+    assert store.pod_changes_since(later) is None  # a binding: always recompiled

@@ -45,6 +45,7 @@ from xcluster_cni_lib.core.policynft import (
     update_document,
     wanted_tables,
 )
+from xcluster_cni_lib.core.policyscope import NodeScope, node_scope
 from xcluster_cni_lib.core.protocols import DEFAULT_PROTOCOL
 from xcluster_cni_lib.support import jsonlog
 from xcluster_cni_lib.sync.loop import ReconcileLoop
@@ -195,6 +196,8 @@ class PolicyReconciler(ReconcileLoop):
         self._installed: PolicyState | None = None
         self._installed_mac: str | None = None
         self._generation = -1
+        self._scope: NodeScope | None = None  # of the last compiled view
+        self.skipped = 0  # changes found not to matter to this node (no recompile)
         #: the store generation the tables enforce (``wait_applied``)
         self.applied_generation = -1
         self._applied = threading.Condition()
@@ -250,7 +253,28 @@ class PolicyReconciler(ReconcileLoop):
 
     def _desired(self) -> tuple[PolicyView, PolicyState]:
         view, self._generation = self.store.view()
-        return view, compile_node(view, node=self.node_name)
+        desired = compile_node(view, node=self.node_name)
+        self._scope = node_scope(view, self.node_name)
+        return view, desired
+
+    def _nothing_that_matters(self) -> bool:
+        """Only pods changed since the last compile, none of them one this node's state
+        depends on (``core.policyscope``): then the state is as it was, for the store's
+        current generation (which this records)."""
+        scope = self._scope
+        found = self.store.pod_changes_since(self._generation) if scope is not None else None
+        if scope is None or found is None:
+            return False
+        generation, pairs = found
+        namespaces = self.store.namespaces_view()
+        if any(
+            scope.pod_matters(namespaces, o) or scope.pod_matters(namespaces, n) for o, n in pairs
+        ):
+            return False
+        self._generation = generation
+        self._mark_applied(generation)
+        self.skipped += 1
+        return True
 
     def _mac(self) -> str | None:
         return self.bridge.mac() if self.bridge is not None else None
@@ -335,6 +359,8 @@ class PolicyReconciler(ReconcileLoop):
         started = self.clock()
         mac = self._mac()
         if self.store.generation == self._generation and mac == self._installed_mac:
+            return None
+        if mac == self._installed_mac and self._nothing_that_matters():
             return None
         view, desired = self._desired()
         generation = self._generation

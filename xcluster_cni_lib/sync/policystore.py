@@ -25,6 +25,7 @@ on a partial view); ``healthy`` while all three sources are. Listeners (the reco
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
@@ -56,6 +57,11 @@ _PARSERS: Final[dict[str, Callable[[Mapping[str, Any]], Any]]] = {
     "namespaces": parse_namespace,
     "networkpolicies": parse_policy,
 }
+#: Journal kinds besides the sinks': a binding changed; a whole list replaced the facts.
+BINDING: Final = "binding"
+EVERYTHING: Final = "everything"
+#: How many changes ``pod_changes_since`` can look back over.
+JOURNAL_SIZE: Final = 4096
 #: The pods' field selector: hostNetwork pods and finished pods never matter to policy.
 POD_FIELD_SELECTOR: Final = "spec.hostNetwork=false,status.phase!=Succeeded,status.phase!=Failed"
 
@@ -141,7 +147,7 @@ class KindSink:
             new_problems = problems.keys() - self.problems.keys()
             self.items, self.problems, self.listed = items, problems, True
             if changed:
-                self.store.changed()
+                self.store.changed(EVERYTHING, "", None)
         for key in sorted(new_problems):
             log.warning("policy input skipped", problem=str(problems[key]))
         if changed:
@@ -155,9 +161,10 @@ class KindSink:
             with self.store.lock:
                 fresh = self.problems.get(obj.key) != obj.problem
                 self.problems[obj.key] = obj.problem
-                changed = self.items.pop(obj.key, None) is not None
+                old = self.items.pop(obj.key, None)
+                changed = old is not None
                 if changed:
-                    self.store.changed()
+                    self.store.changed(self.kind, obj.key, old)
             if fresh:
                 log.warning("policy input skipped", problem=str(obj.problem))
             if changed:
@@ -166,20 +173,21 @@ class KindSink:
         key = _key(obj)
         with self.store.lock:
             self.problems.pop(key, None)
-            if self.items.get(key) == obj:
+            old = self.items.get(key)
+            if old == obj:
                 return
             self.items[key] = obj
-            self.store.changed()
+            self.store.changed(self.kind, key, old)
         self.store.notify()
 
     def delete(self, key: str) -> None:
         with self.store.lock:
             self.problems.pop(key, None)
-            if self.kind == "pods":
-                self.store.bindings.pop(key, None)
-            if self.items.pop(key, None) is None:
+            bound = self.kind == "pods" and self.store.bindings.pop(key, None) is not None
+            old = self.items.pop(key, None)
+            if old is None and not bound:
                 return
-            self.store.changed()
+            self.store.changed(BINDING if bound else self.kind, key, old)
         self.store.notify()
 
     def set_healthy(self, healthy: bool, reason: str | None = None) -> None:
@@ -199,14 +207,44 @@ class PolicyStore:
         self.sinks = {kind: KindSink(self, kind) for kind in KINDS}
         self.generation = 0
         self.bindings: dict[str, tuple[IPAddress, ...]] = {}
+        self._journal: deque[tuple[int, str, str, Any]] = deque(maxlen=JOURNAL_SIZE)
         self._listeners: list[Callable[[], None]] = []
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
-    def changed(self) -> None:
-        """Called with ``lock`` held by a sink whose facts changed."""
+    def changed(self, kind: str, key: str, old: Any) -> None:
+        """Called with ``lock`` held when facts changed: ``kind`` (a sink's, ``BINDING``
+        or ``EVERYTHING``), the object's key and its facts before (None: new)."""
         self.generation += 1
+        self._journal.append((self.generation, kind, key, old))
+
+    def pod_changes_since(
+        self, generation: int
+    ) -> tuple[int, list[tuple[PodFacts | None, PodFacts | None]]] | None:
+        """When every change since ``generation`` is a pod's (not a binding's): the
+        current generation and, per changed pod, its facts then and now. None otherwise
+        (or when the journal no longer reaches back that far)."""
+        with self.lock:
+            if generation == self.generation:
+                return generation, []
+            journal = self._journal
+            if not journal or journal[0][0] > generation + 1:
+                return None
+            before: dict[str, PodFacts | None] = {}
+            for gen, kind, key, old in journal:
+                if gen <= generation:
+                    continue
+                if kind != "pods":
+                    return None
+                before.setdefault(key, old)
+            pods = self.sinks["pods"].items
+            return self.generation, [(old, pods.get(key)) for key, old in before.items()]
+
+    def namespaces_view(self) -> PolicyView:
+        """A view of the namespaces alone (what peer matching reads of them)."""
+        with self.lock:
+            return make_view(namespaces=list(self.sinks["namespaces"].items.values()))
 
     def notify(self) -> None:
         for listener in self._listeners:
@@ -220,7 +258,7 @@ class PolicyStore:
             known = key in self.sinks["pods"].items
             if self.bindings.get(key) != ips:
                 self.bindings[key] = ips
-                self.changed()
+                self.changed(BINDING, key, None)
             generation = self.generation
         self.notify()
         return generation, known
@@ -229,7 +267,7 @@ class PolicyStore:
         with self.lock:
             if self.bindings.pop(key, None) is None:
                 return
-            self.changed()
+            self.changed(BINDING, key, None)
         self.notify()
 
     @property
