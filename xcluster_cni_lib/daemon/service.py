@@ -357,38 +357,35 @@ class Daemon:
                 metrics.objects.labels(kind=kind).set_function(_counter(store, kind))
             metrics.problems.set_function(lambda: float(len(store.problems())))
 
-    def _remove_policy_tables(self) -> None:
-        """NETWORK_POLICY=false: the tables an earlier run with policy made go."""
+    def _remove_leftover_tables(self) -> None:
+        """The nftables tables of a feature that is off (MASQUERADE=false,
+        NETWORK_POLICY=false) that an earlier run made go: one ``nft list tables``, and
+        a delete only when there is something to delete."""
+        from xcluster_cni_lib.core.masquerade import table_name as masquerade_table
         from xcluster_cni_lib.core.policynft import delete_document as delete_policy
         from xcluster_cni_lib.core.policynft import table_name as policy_table
         from xcluster_cni_lib.kernel.nftables import Nft, NftError
 
+        protocol = self.config.protocol
+        off: list[tuple[str, set[tuple[str, str]], Any]] = []
+        if self.masquerade is None:
+            name = masquerade_table(protocol)
+            off.append(("masquerade", {("inet", name)}, delete_document(name)))
+        if self.policy is None:
+            name = policy_table(protocol)
+            off.append(("network policy", {("inet", name), ("bridge", name)}, delete_policy(name)))
+        if not off:
+            return
         netns = self._kernel_netns if isinstance(self._kernel_netns, str) else None
-        table = policy_table(self.config.protocol)
         nft = Nft(netns=netns)
         try:
-            if any(nft.read_table(table, family=f) is not None for f in ("inet", "bridge")):
-                nft.apply(delete_policy(table))
-                log.info("network policy off: nftables tables removed", table=table)
+            present = set(nft.list_tables())
+            for feature, tables, document in off:
+                if tables & present:
+                    nft.apply(document)
+                    log.info(f"{feature} off: nftables tables removed", tables=sorted(tables))
         except NftError as e:  # e.g. no nft here: nothing of ours can be there either
-            log.debug("network policy off: tables not checked", table=table, error=str(e))
-        finally:
-            nft.close()
-
-    def _remove_masquerade_table(self) -> None:
-        """MASQUERADE=false: the table an earlier run with masquerading made goes."""
-        from xcluster_cni_lib.core.masquerade import table_name
-        from xcluster_cni_lib.kernel.nftables import Nft, NftError
-
-        netns = self._kernel_netns if isinstance(self._kernel_netns, str) else None
-        table = table_name(self.config.protocol)
-        nft = Nft(netns=netns)
-        try:
-            if nft.read_table(table) is not None:
-                nft.apply(delete_document(table))
-                log.info("masquerade off: nftables table removed", table=table)
-        except NftError as e:  # e.g. no nft here: nothing of ours can be there either
-            log.debug("masquerade off: table not checked", table=table, error=str(e))
+            log.debug("leftover nftables tables not checked", error=str(e))
         finally:
             nft.close()
 
@@ -474,8 +471,7 @@ class Daemon:
                 "masquerade-monitor",
                 lambda: nft_monitor.run(masquerade.notify_kernel, self.stop_event),
             )
-        elif self._kernel_netns is not False:
-            self._remove_masquerade_table()
+
         policy, policy_monitor = self.policy, self._policy_monitor
         if policy is not None and policy_monitor is not None and self.policy_store is not None:
             self._spawn("policy", lambda: policy.run(self.stop_event))
@@ -488,8 +484,8 @@ class Daemon:
                     f"policy-{kind}",
                     partial(source.run, self.policy_store.sinks[kind], self.stop_event),
                 )
-        elif self._kernel_netns is not False:
-            self._remove_policy_tables()
+        if self._kernel_netns is not False:
+            self._remove_leftover_tables()
         own_source, own_node = self.own_node_source, self.own_node
         if own_source is not None and isinstance(own_node, OwnNode):
             self._spawn("own-node", lambda: own_source.run(own_node, self.stop_event))

@@ -329,6 +329,21 @@ class Nft:
             raise NftError(f"{what}: nft's output is not the expected JSON")
         return [o for o in objects if isinstance(o, dict)]
 
+    def list_tables(self) -> list[tuple[str, str]]:
+        """(family, name) of every table (``nft -j list tables``)."""
+        proc = self._run(["-j", "list", "tables"], None, "list tables")
+        if proc.returncode != 0:
+            raise NftError(f"list tables failed: nft said: {_brief(proc.stderr)}")
+        try:
+            objects = json.loads(proc.stdout)["nftables"]
+            return [
+                (str(o["table"]["family"]), str(o["table"]["name"]))
+                for o in objects
+                if isinstance(o, dict) and "table" in o
+            ]
+        except (ValueError, KeyError, TypeError) as e:
+            raise NftError(f"list tables: nft's output is not the expected JSON: {e}") from e
+
     def popen_monitor(self) -> subprocess.Popen[str]:
         """``nft -j monitor`` as a child process (in the namespace), its stdout a pipe."""
 
