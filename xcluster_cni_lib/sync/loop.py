@@ -1,5 +1,5 @@
-"""The loop the route and overlay reconcilers share: when to reconcile fully, when
-incrementally, how to coalesce a burst of node changes and how to retry.
+"""The loop every reconciler shares (routes, overlay, masquerade, network policy): when to
+reconcile fully, when incrementally, how to coalesce a burst of changes and how to retry.
 
 A reconciler that inherits ``ReconcileLoop`` provides ``run_once`` (full),
 ``run_changes(retry=...)`` (incremental), ``_retries_pending`` (some of its objects failed

@@ -48,6 +48,7 @@ from xcluster_cni_lib.core.ownnode import resolve_own
 from xcluster_cni_lib.core.protocols import DEFAULT_PROTOCOL
 from xcluster_cni_lib.core.values import IPNetwork
 from xcluster_cni_lib.support import jsonlog
+from xcluster_cni_lib.sync.loop import ReconcileLoop
 from xcluster_cni_lib.sync.metrics import PREFIX, DaemonMetrics
 from xcluster_cni_lib.sync.nodecache import NodeCache
 
@@ -116,15 +117,20 @@ class _Metrics:
         )
 
 
-class MasqueradeReconciler:
+class MasqueradeReconciler(ReconcileLoop):
     """Keeps the masquerade table of instance ``protocol`` in line with ``cache``.
 
     ``node_name``/``machine_id`` identify the own node (``core.ownnode``), whose pod
     CIDRs are masqueraded; ``non_masquerade`` are destinations that keep the pod's
     address besides every node's pod CIDRs. Subscribe :meth:`notify` to the cache and give
-    :meth:`notify_kernel` to an ``NftMonitor`` of :attr:`table`; run :meth:`run` in a
-    thread until ``stop`` is set.
+    :meth:`notify_kernel` to an ``NftMonitor`` of :attr:`table`; run :meth:`run` (the
+    shared ``ReconcileLoop``: fully at once, every ``resync_interval`` and after a kernel
+    notification; incrementally on node notifications, coalesced; a failed reconcile is
+    retried fully with backoff; after ``max_failures`` in a row it returns) in a thread
+    until ``stop`` is set.
     """
+
+    loop_name = "masquerade"
 
     def __init__(
         self,
@@ -154,9 +160,9 @@ class MasqueradeReconciler:
         self.retry_max = retry_max
         self.clock = clock
         self._metrics = _Metrics(metrics) if metrics is not None else None
+        self.metrics = self._metrics  # the loop counts errors in ``syncs``
         self._wake = threading.Event()
         self._node_change = False
-        self._kernel_change = False
         # what the kernel holds, as the last reconcile left it (None: unknown, read it)
         self._installed: MasqueradeSets | None = None
         # what it should hold unless someone else changed it: the last state written or
@@ -199,22 +205,14 @@ class MasqueradeReconciler:
             out.append(f"masquerade: {self.own_warning}")
         return out
 
-    # -- waking ----------------------------------------------------------------------------
-
-    @property
-    def pending(self) -> bool:
-        """A notification arrived that no reconcile has consumed yet."""
-        return self._wake.is_set()
-
-    def notify(self) -> None:
-        """A node or the source's health changed: update the sets soon (coalesced)."""
-        self._node_change = True
-        self._wake.set()
+    # -- waking (the shared loop's ``notify``, ``pending``) ---------------------------------
 
     def notify_kernel(self) -> None:
         """Our table changed in the kernel (``NftMonitor``): compare and repair at once."""
-        self._kernel_change = True
-        self._wake.set()
+        self.request_full()
+
+    def _retries_pending(self) -> bool:
+        return False
 
     # -- desired state ---------------------------------------------------------------------
 
@@ -250,6 +248,29 @@ class MasqueradeReconciler:
 
     def run_once(self) -> MasqueradeResult:
         """Read the table back, compare, repair: a full reconcile. Raises when nft fails."""
+        try:
+            return self._full()
+        except Exception as e:
+            self._failed(e)
+            raise
+
+    def run_changes(self, *, retry: bool = False) -> MasqueradeResult | None:
+        """Update elements for what changed in the cache since the last reconcile, from
+        the sets that reconcile left (no listing). ``None`` when nothing changed; a full
+        reconcile when the kernel's state is not known."""
+        if self._installed is None:
+            return self.run_once()
+        try:
+            return self._changes()
+        except Exception as e:
+            self._failed(e)
+            raise
+
+    def _failed(self, e: Exception) -> None:
+        self._installed = None
+        self.last_error = f"{type(e).__name__}: {e}"
+
+    def _full(self) -> MasqueradeResult:
         started = self.clock()
         self._last_full = started
         self.full_syncs += 1
@@ -298,13 +319,9 @@ class MasqueradeReconciler:
             )
         )
 
-    def run_changes(self) -> MasqueradeResult | None:
-        """Update elements for what changed in the cache since the last reconcile, from
-        the sets that reconcile left (no listing). ``None`` when nothing changed; a full
-        reconcile when the kernel's state is not known."""
+    def _changes(self) -> MasqueradeResult | None:
         installed = self._installed
-        if installed is None:
-            return self.run_once()
+        assert installed is not None
         cache = self.cache
         if self._inputs == (cache.generation, cache.synced, cache.healthy):
             return None
@@ -334,6 +351,7 @@ class MasqueradeReconciler:
     def _finish(self, result: MasqueradeResult, *, quiet: bool = False) -> MasqueradeResult:
         self.syncs += 1
         self.last_result = result
+        self.last_error = None
         if self._inputs is not None and self._inputs[1] and self._inputs[2]:
             self.first_sync_done = True
         if result.restored:
@@ -376,79 +394,6 @@ class MasqueradeReconciler:
             self._metrics.writes.labels(kind="delete").inc()
         log.info("masquerade table deleted", table=self.table)
         return True
-
-    # -- the loop --------------------------------------------------------------------------
-
-    def run(self, stop: threading.Event, *, max_failures: int = 10) -> None:
-        """Reconcile until ``stop`` is set: fully at once, every ``resync_interval`` and
-        after each kernel notification; incrementally on node notifications (coalesced:
-        one at once, the rest of a burst ``coalesce`` seconds later). A failed reconcile
-        is retried fully with backoff; after ``max_failures`` in a row the loop returns
-        (the caller reports it; the table stays)."""
-        retry_at: float | None = None
-        last_start = -1e9
-        full_next = True
-        self._wake.set()
-        while not stop.is_set():
-            self.last_tick = now = self.clock()
-            due = self._last_full + self.resync_interval
-            if retry_at is not None:
-                due = min(due, retry_at)
-            if not self._wake.wait(max(0.0, min(due - now, 0.5))) and self.clock() < due:
-                continue
-            if stop.is_set():
-                break
-            if self._node_change and not self._kernel_change and not full_next:
-                hold = last_start + self.coalesce - self.clock()
-                if hold > 0 and stop.wait(hold):
-                    break
-            self._wake.clear()
-            started = self.clock()
-            if self._node_change:
-                self._node_change = False
-                last_start = started
-            kernel, self._kernel_change = self._kernel_change, False
-            result: MasqueradeResult | None
-            try:
-                if (
-                    full_next
-                    or kernel
-                    or started >= self._last_full + self.resync_interval
-                    or (retry_at is not None and started >= retry_at)
-                ):
-                    result = self.run_once()
-                else:
-                    result = self.run_changes()
-            except Exception as e:
-                full_next = True
-                self._installed = None
-                self.failed_syncs += 1
-                self.last_error = f"{type(e).__name__}: {e}"
-                if self._metrics is not None:
-                    self._metrics.syncs.labels(result="error").inc()
-                log.error(
-                    "masquerade sync failed",
-                    table=self.table,
-                    error=self.last_error,
-                    consecutive=self.failed_syncs,
-                )
-                if self.failed_syncs >= max_failures:
-                    log.error("masquerade: giving up after repeated failures", table=self.table)
-                    return
-                self._retry_delay = min(
-                    self.retry_max, self._retry_delay * 2 if self._retry_delay else self.retry_min
-                )
-                retry_at = self.clock() + self._retry_delay
-                if self.on_iteration is not None:
-                    self.on_iteration(None)
-                continue
-            full_next = False
-            self.failed_syncs = 0
-            self.last_error = None
-            retry_at = None
-            self._retry_delay = 0.0
-            if result is not None and self.on_iteration is not None:
-                self.on_iteration(result)
 
 
 def _describe(diff: SetsDiff) -> tuple[str, ...]:
