@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import socket
 from typing import Final
 
@@ -24,6 +26,28 @@ def list_links(chan: Channel) -> dict[int, rc.LinkMessage]:
             link = rc.parse_link(view, header)
             links[link.ifindex] = link
     return links
+
+
+def link_index(chan: Channel, name: str) -> int:
+    """The index of interface ``name`` (0: no such interface): one RTM_GETLINK by name,
+    answered by one message, instead of a dump of every link."""
+    from xcluster_cni_lib.kernel import vxlancodec
+
+    seq = chan.next_seq()
+    chan.sock.send(vxlancodec.link_get_request(name, seq=seq))
+    while True:
+        data = chan.sock.recv(1 << 16)
+        view = memoryview(data)
+        for header in rc.iter_messages(view, len(data)):
+            if header.seq != seq:
+                continue  # a late answer to an earlier request
+            if header.msg_type == rc.NLMSG_ERROR:
+                error = rc.parse_ack(view, header).error
+                if error in (errno.ENODEV, errno.ENOENT):
+                    return 0
+                raise OSError(error, os.strerror(error))
+            if header.msg_type == rc.RTM_NEWLINK:
+                return rc.parse_link(view, header).ifindex
 
 
 def list_interface_addresses(netns: str | None = None) -> list[InterfaceAddress]:

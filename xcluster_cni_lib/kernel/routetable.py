@@ -31,7 +31,7 @@ from xcluster_cni_lib.kernel.dumps import (
     packed_address,
     route_key,
 )
-from xcluster_cni_lib.kernel.links import list_links
+from xcluster_cni_lib.kernel.links import link_index
 from xcluster_cni_lib.kernel.tracker import DEFAULT_PRIORITY, Entry, RouteTracker
 from xcluster_cni_lib.support import jsonlog
 from xcluster_cni_lib.support.rtprotos import protocol_name
@@ -485,8 +485,7 @@ class NetlinkRouteTable:
         ``_device_of``."""
         if self._device is None:
             return 0
-        found = [i for i, link in list_links(self._chan).items() if link.name == self._device]
-        self._device_index = found[0] if found else 0
+        self._device_index = link_index(self._chan, self._device)
         return self._device_index
 
     def _device_of(self, oif: int) -> str | None:
