@@ -191,3 +191,48 @@ class ReconcileLoop:
             self.retry_max, self._retry_delay * 2 if self._retry_delay else self.retry_min
         )
         return self._retry_delay
+
+
+class TableLoop(ReconcileLoop):
+    """The loop of a reconciler that writes one kernel object it can read back whole
+    (the masquerade and policy nftables tables): ``_full`` (read back, compare, repair),
+    ``_changes`` (from ``_installed``, what the last reconcile left; ``None``: unknown,
+    so a full one), ``_failed`` (record an error); a kernel change asks for a full
+    reconcile; nothing waits for a per-object retry."""
+
+    _installed: Any
+
+    def _full(self) -> Any:
+        raise NotImplementedError
+
+    def _changes(self) -> Any:
+        raise NotImplementedError
+
+    def _failed(self, e: Exception) -> None:
+        raise NotImplementedError
+
+    def notify_kernel(self) -> None:
+        """Our table changed in the kernel (its monitor): compare and repair at once."""
+        self.request_full()
+
+    def _retries_pending(self) -> bool:
+        return False
+
+    def run_once(self) -> Any:
+        """Read back, compare, repair: a full reconcile. Raises when the write fails."""
+        try:
+            return self._full()
+        except Exception as e:
+            self._failed(e)
+            raise
+
+    def run_changes(self, *, retry: bool = False) -> Any:
+        """Write what changed since the last reconcile (no read-back); ``None`` when
+        nothing did; a full reconcile when the kernel's state is not known."""
+        if self._installed is None:
+            return self.run_once()
+        try:
+            return self._changes()
+        except Exception as e:
+            self._failed(e)
+            raise

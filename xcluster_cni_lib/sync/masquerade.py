@@ -48,7 +48,7 @@ from xcluster_cni_lib.core.ownnode import resolve_own
 from xcluster_cni_lib.core.protocols import DEFAULT_PROTOCOL
 from xcluster_cni_lib.core.values import IPNetwork
 from xcluster_cni_lib.support import jsonlog
-from xcluster_cni_lib.sync.loop import ReconcileLoop
+from xcluster_cni_lib.sync.loop import TableLoop
 from xcluster_cni_lib.sync.metrics import PREFIX, DaemonMetrics
 from xcluster_cni_lib.sync.nodecache import NodeCache
 
@@ -117,7 +117,7 @@ class _Metrics:
         )
 
 
-class MasqueradeReconciler(ReconcileLoop):
+class MasqueradeReconciler(TableLoop):
     """Keeps the masquerade table of instance ``protocol`` in line with ``cache``.
 
     ``node_name``/``machine_id`` identify the own node (``core.ownnode``), whose pod
@@ -205,15 +205,6 @@ class MasqueradeReconciler(ReconcileLoop):
             out.append(f"masquerade: {self.own_warning}")
         return out
 
-    # -- waking (the shared loop's ``notify``, ``pending``) ---------------------------------
-
-    def notify_kernel(self) -> None:
-        """Our table changed in the kernel (``NftMonitor``): compare and repair at once."""
-        self.request_full()
-
-    def _retries_pending(self) -> bool:
-        return False
-
     # -- desired state ---------------------------------------------------------------------
 
     def _target(self, present: MasqueradeSets | None) -> tuple[MasqueradeSets, int]:
@@ -245,26 +236,6 @@ class MasqueradeReconciler(ReconcileLoop):
         return target, deferred
 
     # -- one reconcile ---------------------------------------------------------------------
-
-    def run_once(self) -> MasqueradeResult:
-        """Read the table back, compare, repair: a full reconcile. Raises when nft fails."""
-        try:
-            return self._full()
-        except Exception as e:
-            self._failed(e)
-            raise
-
-    def run_changes(self, *, retry: bool = False) -> MasqueradeResult | None:
-        """Update elements for what changed in the cache since the last reconcile, from
-        the sets that reconcile left (no listing). ``None`` when nothing changed; a full
-        reconcile when the kernel's state is not known."""
-        if self._installed is None:
-            return self.run_once()
-        try:
-            return self._changes()
-        except Exception as e:
-            self._failed(e)
-            raise
 
     def _failed(self, e: Exception) -> None:
         self._installed = None

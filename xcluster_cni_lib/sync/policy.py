@@ -48,7 +48,7 @@ from xcluster_cni_lib.core.policynft import (
 from xcluster_cni_lib.core.policyscope import NodeScope, node_scope
 from xcluster_cni_lib.core.protocols import DEFAULT_PROTOCOL
 from xcluster_cni_lib.support import jsonlog
-from xcluster_cni_lib.sync.loop import ReconcileLoop
+from xcluster_cni_lib.sync.loop import TableLoop
 from xcluster_cni_lib.sync.metrics import PREFIX, DaemonMetrics
 from xcluster_cni_lib.sync.policystore import PolicyStore
 
@@ -148,11 +148,11 @@ class PolicyMetrics:
         )
 
 
-class PolicyReconciler(ReconcileLoop):
+class PolicyReconciler(TableLoop):
     """Keeps the policy tables of instance ``protocol`` in line with ``store`` for the
     pods of node ``node_name``. Subscribe :meth:`notify` to the store, give
-    :meth:`notify_kernel` to an ``NftMonitor`` of :attr:`table` (families ``inet`` and
-    ``bridge``), run :meth:`run` in a thread until ``stop`` is set."""
+    :meth:`notify_kernel` to an ``NftTableEvents`` of :attr:`table` (families ``inet``
+    and ``bridge``), run :meth:`run` in a thread until ``stop`` is set."""
 
     loop_name = "policy"
 
@@ -242,13 +242,6 @@ class PolicyReconciler(ReconcileLoop):
                 self.applied_generation = generation
                 self._applied.notify_all()
 
-    def notify_kernel(self) -> None:
-        """Our tables changed in the kernel (``NftMonitor``): compare and repair at once."""
-        self.request_full()
-
-    def _retries_pending(self) -> bool:
-        return False
-
     # -- one reconcile ---------------------------------------------------------------------
 
     def _desired(self) -> tuple[PolicyView, PolicyState]:
@@ -286,25 +279,6 @@ class PolicyReconciler(ReconcileLoop):
 
     def _wanted(self, state: PolicyState, mac: str | None) -> Any:
         return wanted_tables(self.table, state, bridge_mac=mac, log_denied=self.log_denied)
-
-    def run_once(self) -> PolicyResult:
-        """List both tables back, compare, repair or rewrite: a full reconcile."""
-        try:
-            return self._full()
-        except Exception as e:
-            self._failed(e)
-            raise
-
-    def run_changes(self, *, retry: bool = False) -> PolicyResult | None:
-        """Write the element changes since the last reconcile (no listing); ``None`` when
-        nothing changed; a full reconcile when the kernel's state is not known."""
-        if self._installed is None:
-            return self.run_once()
-        try:
-            return self._changes()
-        except Exception as e:
-            self._failed(e)
-            raise
 
     def _full(self) -> PolicyResult:
         started = self.clock()
