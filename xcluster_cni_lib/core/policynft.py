@@ -213,12 +213,13 @@ def _intervals(
     view: PolicyView,
     entry: _Entry,
     family: int,
-    pods: Sequence[tuple[PodFacts, IPAddress]],
+    pods: Mapping[str, Sequence[tuple[PodFacts, IPAddress]]],
     matched: dict[tuple[str, Peer, int], list[int]],
 ) -> list[tuple[int, int]]:
     """The addresses (of ``family``) the entry's rule allows as peers, as merged
-    [first, last] integer intervals. ``matched`` caches the pods each pod peer selects
-    (policies repeat peers)."""
+    [first, last] integer intervals. ``pods``: each namespace's pods with their address
+    of ``family``; ``matched`` caches the pods each pod peer selects (policies repeat
+    peers)."""
     top = (1 << _BITS[family]) - 1
     if not entry.rule.peers:
         return [(0, top)]
@@ -228,8 +229,16 @@ def _intervals(
         if block is None:
             key = (entry.policy.namespace, peer, family)
             if key not in matched:
+                # only the pods of the namespaces the peer can match are looked at
+                if peer.namespaces is None:
+                    names: Iterable[str] = (entry.policy.namespace,)
+                else:
+                    names = [n for n in pods if peer.namespaces.matches(view.namespace_labels(n))]
                 matched[key] = [
-                    int(a) for pod, a in pods if peer_matches(view, entry.policy, peer, a, pod)
+                    int(a)
+                    for n in names
+                    for pod, a in pods.get(n, ())
+                    if peer_matches(view, entry.policy, peer, a, pod)
                 ]
             out.extend((a, a) for a in matched[key])
             continue
@@ -267,10 +276,13 @@ def _segments(
     make = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
     top = (1 << _BITS[family]) - 1
     pods = [(p, a) for a, p in by_ip.items() if a.version == family]
+    by_namespace: dict[str, list[tuple[PodFacts, IPAddress]]] = {}
+    for p, a in pods:
+        by_namespace.setdefault(p.namespace, []).append((p, a))
     matched: dict[tuple[str, Peer, int], list[int]] = {}
     events: dict[int, list[tuple[int, bool]]] = {}
     for index, entry in enumerate(entries):
-        for s, e in _intervals(view, entry, family, pods, matched):
+        for s, e in _intervals(view, entry, family, by_namespace, matched):
             events.setdefault(s, []).append((index, True))
             if e < top:
                 events.setdefault(e + 1, []).append((index, False))
@@ -731,12 +743,14 @@ def repair_document(
     *,
     bridge_mac: str | None,
     log_denied: bool = False,
+    wanted: ListedTables | None = None,
 ) -> Document | None:
     """What makes the listed tables the desired ones: ``None`` when their structure
     differs (a table, chain, rule or set missing, changed or added: write
     ``table_document``), else the element deletes and adds (only the metainfo when
     nothing differs), in one transaction."""
-    wanted = wanted_tables(table, desired, bridge_mac=bridge_mac, log_denied=log_denied)
+    if wanted is None:  # ``wanted_tables`` of the same arguments, if the caller has it
+        wanted = wanted_tables(table, desired, bridge_mac=bridge_mac, log_denied=log_denied)
     if listed.structure != wanted.structure or set(listed.elements) != set(wanted.elements):
         return None
     deletes: list[Command] = []

@@ -48,6 +48,7 @@ from xcluster_cni_lib.core.policynft import (
 from xcluster_cni_lib.core.policyscope import NodeScope, node_scope
 from xcluster_cni_lib.core.protocols import DEFAULT_PROTOCOL
 from xcluster_cni_lib.support import jsonlog
+from xcluster_cni_lib.support.memory import release_free_memory
 from xcluster_cni_lib.sync.loop import TableLoop
 from xcluster_cni_lib.sync.metrics import PREFIX, DaemonMetrics
 from xcluster_cni_lib.sync.policystore import PolicyStore
@@ -295,11 +296,19 @@ class PolicyReconciler(TableLoop):
             for family in (INET, BRIDGE)
             for o in (self.nft.read_table(self.table, family=family) or [])
         ]
+        present = bool(objects)
         listed = read_tables(objects)
+        del objects  # the listing's dicts (tens of MB with 10,000s of elements)
+        wanted = self._wanted(desired, mac)
         document = None
-        if objects:
+        if present:
             document = repair_document(
-                self.table, listed, desired, bridge_mac=mac, log_denied=self.log_denied
+                self.table,
+                listed,
+                desired,
+                bridge_mac=mac,
+                log_denied=self.log_denied,
+                wanted=wanted,
             )
         if document is None:
             action = "replace"
@@ -313,8 +322,13 @@ class PolicyReconciler(TableLoop):
             action = "repair" if changed else "none"
         if action != "none":
             self.nft.apply(document)
+        del document
         self._installed, self._installed_mac = desired, mac
-        restored = settled is not None and listed != self._wanted(settled, settled_mac)
+        if settled is not None and (settled, settled_mac) != (desired, mac):
+            wanted = self._wanted(settled, settled_mac)
+        restored = settled is not None and listed != wanted
+        del listed, wanted
+        release_free_memory()  # the peak of this reconcile, back to the system
         return self._finish(
             PolicyResult(
                 full=True,
@@ -357,6 +371,9 @@ class PolicyReconciler(TableLoop):
         self._installed = None  # unknown if the transaction fails
         self.nft.apply(document)
         self._installed, self._installed_mac = desired, mac
+        if action == "replace":
+            del document
+            release_free_memory()
         return self._finish(
             PolicyResult(
                 full=False,
