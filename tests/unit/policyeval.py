@@ -35,6 +35,10 @@ class Packet:
                 return {"saddr": self.src, "daddr": self.dst}[p["field"]]
             if p == {"protocol": "th", "field": "dport"}:
                 return self.port if self.proto in ("tcp", "udp", "sctp") else _NO
+            if p == {"protocol": "icmpv6", "field": "type"}:
+                # a new connection's first packet: an ICMP probe is an echo request
+                ipv6_icmp = self.proto == "icmp" and self.src.version == 6
+                return "echo-request" if ipv6_icmp else _NO
         if expr == {"meta": {"key": "l4proto"}}:
             return self.proto
         if expr == {"ct": {"key": "state"}}:
@@ -151,6 +155,9 @@ class Table:
                         return None
                 elif m["op"] == "in":
                     if value not in right:
+                        return None
+                elif m["op"] == "==" and isinstance(right, dict) and "set" in right:
+                    if value not in right["set"]:
                         return None
                 else:
                     raise AssertionError(f"unknown match {m}")

@@ -12,6 +12,7 @@ same-node pod-to-pod, see the bridge table)::
 
     chain forward { type filter hook forward priority filter; policy accept;
         ct state established,related accept          # replies always pass
+        icmpv6 type { nd-... } accept                # bridged ND (br_netfilter)
         ip saddr . ip daddr @self4 accept            # a pod cannot block itself
         ip saddr @egress4 jump egress                # a local pod isolated for egress
         ip daddr @ingress4 jump ingress              # a local pod isolated for ingress
@@ -396,9 +397,24 @@ def _element(set_name: str, value: Any) -> Any:
     return str(value)
 
 
+def _nd() -> dict[str, Any]:
+    """Matches ICMPv6 neighbour discovery (``ND_TYPES``)."""
+    return {
+        "match": {
+            "op": "==",
+            "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
+            "right": {"set": list(ND_TYPES)},
+        }
+    }
+
+
 def forward_rules(family: int) -> list[list[dict[str, Any]]]:
-    """The forward chain's rules of one family (after the conntrack rule)."""
+    """The forward chain's rules of one family (after the conntrack rule). IPv6 neighbour
+    discovery is accepted first: it is never routed (hop limit 255), so in ``forward`` it
+    is only ever a bridged frame that ``br_netfilter`` shows to the IP hooks."""
+    nd: list[list[dict[str, Any]]] = [[_nd(), {"accept": None}]] if family == 6 else []
     return [
+        *nd,
         [
             _in_set(
                 {"concat": [_payload(family, "saddr"), _payload(family, "daddr")]}, f"self{family}"
@@ -456,13 +472,7 @@ def class_rules(chain: ClassChain, *, log_denied: bool = False) -> list[list[dic
 
 def bridge_rules(mac: str) -> list[list[dict[str, Any]]]:
     """Neighbour discovery stays bridged; a policed pod's other frames go up to the node."""
-    nd = {
-        "match": {
-            "op": "==",
-            "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
-            "right": {"set": list(ND_TYPES)},
-        }
-    }
+    nd = _nd()
     redirect = [
         {"mangle": {"key": {"payload": {"protocol": "ether", "field": "daddr"}}, "value": mac}},
         {"mangle": {"key": {"meta": {"key": "pkttype"}}, "value": "host"}},
