@@ -7,8 +7,9 @@ bridge's address and must keep reaching it. The first time the bridge is seen (a
 whenever it is re-made: a new interface index), its current address is set on it
 explicitly, which makes the kernel keep it (``addr_assign_type`` "set"), and its IPv4
 ``send_redirects`` is turned off (the node forwards a policed pod's same-node traffic out
-the interface it came in: the redirects would only be noise). Both are best effort and
-logged.
+the interface it came in: the redirects would only be noise). The kernel still sends them
+while ``net.ipv4.conf.all.send_redirects`` is on, a node-wide setting left to the admin
+(docs/network-policy.md). Both are best effort and logged.
 """
 
 from __future__ import annotations
