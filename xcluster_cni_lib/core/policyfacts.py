@@ -195,13 +195,52 @@ def _meta(obj: Mapping[str, Any], kind: str, *, namespaced: bool = True) -> tupl
     return ns, str(meta["name"])
 
 
+class _Shared:
+    """One copy of each equal value (label sets, named ports, namespace and node names):
+    the pods of one workload share their labels, so 10,000 pods hold a few hundred label
+    dicts instead of 10,000. The values handed out are never changed (facts are frozen).
+    The memo is dropped whole when it reaches ``limit`` entries (workloads come and go;
+    sharing is only a saving, never a meaning)."""
+
+    def __init__(self, limit: int = 65536) -> None:
+        self.limit = limit
+        self._memo: dict[Any, Any] = {}
+
+    def get(self, key: Any, make: Any) -> Any:
+        found = self._memo.get(key)
+        if found is None:
+            if len(self._memo) >= self.limit:
+                self._memo = {}
+            found = self._memo[key] = make()
+        return found
+
+
+_SHARED = _Shared()
+
+
+def _share_dict(d: dict[str, Any]) -> dict[str, Any]:
+    if not d:
+        return _EMPTY
+    key = ("dict", tuple(sorted(d.items())))
+    shared: dict[str, Any] = _SHARED.get(key, lambda: d)
+    return shared
+
+
+def _share_text(text: str) -> str:
+    shared: str = _SHARED.get(("text", text), lambda: text)
+    return shared
+
+
+_EMPTY: dict[str, Any] = {}
+
+
 def _labels(obj: Mapping[str, Any], kind: str, key: str) -> dict[str, str]:
     labels = obj.get("metadata", {}).get("labels") or {}
     if not isinstance(labels, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
     ):
         raise InvalidObject(kind, key, "labels must map strings to strings", field="labels")
-    return dict(labels)
+    return _share_dict(dict(labels))
 
 
 def parse_namespace(obj: Mapping[str, Any]) -> NamespaceFacts:
@@ -244,14 +283,14 @@ def parse_pod(obj: Mapping[str, Any]) -> PodFacts:
                 raise InvalidObject("Pod", key, "bad named port", field=at)
             ports.setdefault(str(p["name"]), (str(proto), int(number)))
     return PodFacts(
-        namespace=ns,
+        namespace=_share_text(ns),
         name=name,
         labels=_labels(obj, "Pod", key),
         ips=tuple(ips),
-        named_ports=ports,
-        node=str(spec.get("nodeName") or ""),
+        named_ports=_share_dict(ports),
+        node=_share_text(str(spec.get("nodeName") or "")),
         host_network=bool(spec.get("hostNetwork")),
-        phase=str(status.get("phase") or "Pending"),
+        phase=_share_text(str(status.get("phase") or "Pending")),
     )
 
 
