@@ -39,6 +39,7 @@ from tests.soak.overlay_phase import (
     read_sets,
     table_name,
 )
+from tests.soak.policy_phase import POLICY_SWITCH, PolicyPhase
 from xcluster_cni_lib.core.planning import route_sort_key
 from xcluster_cni_lib.core.values import IPNetwork, Route
 from xcluster_cni_lib.kernel.routetable import NetlinkRouteTable
@@ -84,6 +85,9 @@ OVERLAY_FAULTS = (
     "nft_table_deleted",
 )
 OVERLAY_RESTORE_BOUND = 1.0
+# The policy phase (tests/soak/policy_phase.py): when it starts, the restarts of n0's
+# main daemon come first (probed while it is down and while it comes up).
+POLICY_FIRST = ("daemon_sigkill", "daemon_sigterm_sync")
 
 
 @attrs.define
@@ -98,6 +102,8 @@ class Options:
     churn_window: tuple[float, float] = (1.0, 4.0)
     # the last share of ``duration`` runs with OVERLAY=vxlan and MASQUERADE=true (0: never)
     overlay_share: float = 0.3
+    # the last share of ``duration`` runs with NETWORK_POLICY=true, pods and policy churn
+    policy_share: float = 0.5
     workdir: str | None = None
     keep: bool = False
     log: Callable[[str], None] = print
@@ -151,6 +157,9 @@ class Campaign:
         self.overlay_on = False
         self.overlay_started: float | None = None  # campaign seconds
         self.overlay_phases = 0
+        self.policy: PolicyPhase | None = None  # made when the policy phase starts
+        self.policy_started: float | None = None
+        self.policy_phases = 0
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -518,6 +527,7 @@ class Campaign:
                             f"API down: {d.key} lost {len(gone)}, e.g. {_show(gone)}",
                         )
                         base[d.key] -= gone
+                self.policy_window("API down", "api_down")
 
             self.churn(self.rng.uniform(1.0, 5.0), sample)
             end = time.monotonic() + 60
@@ -661,13 +671,17 @@ class Campaign:
         self.wait_converged(d)  # or a change in flight would look like a loss
         base = _dsts(self.kernel(d))
         d.kill()
-        self.churn(self.rng.uniform(0.5, 3.0))
+        self.churn(
+            self.rng.uniform(0.5, 3.0), lambda: self.policy_window(f"{d.key} killed", "daemon_down")
+        )
         gone = base - _dsts(self.kernel(d))
         self.checks["routes_kept_while_daemon_down"] += 1
         if gone:
             self.violate("routes_lost_while_daemon_down", f"{d.key}: {_show(gone)}")
         d.start()
-        return time.monotonic()
+        healed = time.monotonic()
+        self.policy_restart_window(d)
+        return healed
 
     def fault_daemon_sigterm_sync(self) -> float:
         d = self.daemons[0]
@@ -688,8 +702,11 @@ class Campaign:
         lost = (before & _dsts(want)) - _dsts(self.kernel(d))
         if lost:
             self.violate("routes_lost_on_sigterm", f"{d.key}: {len(lost)}, e.g. {_show(lost)}")
+        self.policy_window(f"{d.key} stopped", "daemon_down")
         d.start()
-        return time.monotonic()
+        healed = time.monotonic()
+        self.policy_restart_window(d)
+        return healed
 
     # -- the overlay phase ---------------------------------------------------------------
 
@@ -710,6 +727,7 @@ class Campaign:
                 d.protocol, netns=d.ns.ns, device=device_name(d.protocol)
             )
             d.start()
+            self.policy_restart_window(d, "overlay_switch")
         self.churn(self.rng.uniform(*self.o.churn_window))
         return time.monotonic()
 
@@ -841,6 +859,37 @@ class Campaign:
 
         return self._overlay_damage(damage)
 
+    # -- the policy phase (tests/soak/policy_phase.py) -----------------------------------
+
+    def fault_policy_switch_on(self) -> float:
+        """Pods, namespaces and policies in the API, pods on cbr0 in the node
+        namespaces, the main daemons restarted with NETWORK_POLICY=true, while the nodes
+        churn. From now on each phase ends with a policy step (change, enforce, probe)."""
+        self.churn(self.rng.uniform(0.3, 1.0))
+        self.policy_started = round(self.now(), 1)
+        self.policy = PolicyPhase(
+            api=self.api,
+            node_ns={f"n{k}": ns for k, ns in enumerate(self.topo.nodes)},
+            daemons=[d for d in self.daemons if d.protocol == MAIN_PROTOCOL],
+            rng=random.Random(self.rng.random()),
+            violate=self.violate,
+            checks=self.checks,
+            log=self.log,
+        )
+        self.policy.switch_on()
+        self.churn(self.rng.uniform(*self.o.churn_window))
+        return time.monotonic()
+
+    def policy_window(self, label: str, kind: str) -> None:
+        """In a fault window of the policy phase: a probe round (nothing denied passes)."""
+        if self.policy is not None:
+            self.policy.window(label, kind=kind)
+
+    def policy_restart_window(self, d: DaemonProc, kind: str = "restart") -> None:
+        """Probe rounds while ``d`` (just started) comes up, in the policy phase."""
+        if self.policy is not None:
+            self.policy.restart_window(d, kind=kind)
+
     # -- the run ---------------------------------------------------------------------------
 
     def setup(self) -> None:
@@ -925,15 +974,16 @@ class Campaign:
             for d in self.daemons:
                 d.sample_rss()
 
-    def deck(self) -> Iterator[str]:
+    def deck(self, first: tuple[str, ...] = ()) -> Iterator[str]:
         """Every fault once per deck, shuffled; a long fault (about 100 s of waiting) in
-        every seventh deck only, in runs of 10 minutes or more. In the overlay phase
-        (a new deck when it starts) the overlay faults first, then all of them mixed."""
+        every seventh deck only, in runs of 10 minutes or more. ``first``: faults dealt
+        (shuffled) before the first deck: a new deck starts when the overlay phase starts
+        (its faults first, then all of them mixed) and when the policy phase starts (the
+        daemon restarts first)."""
         decks = 0
-        if self.overlay_on:
-            first = list(OVERLAY_FAULTS)
-            self.rng.shuffle(first)
-            yield from first
+        head = list(first)
+        self.rng.shuffle(head)
+        yield from head
         while True:
             long = self.o.duration >= 600 and decks % 7 == 0
             decks += 1
@@ -946,6 +996,10 @@ class Campaign:
     def overlay_due(self, elapsed: float) -> bool:
         share = self.o.overlay_share
         return share > 0 and not self.overlay_on and elapsed >= self.o.duration * (1 - share)
+
+    def policy_due(self, elapsed: float) -> bool:
+        share = self.o.policy_share
+        return share > 0 and self.policy is None and elapsed >= self.o.duration * (1 - share)
 
     def run(self) -> dict[str, Any]:
         o = self.o
@@ -964,6 +1018,8 @@ class Campaign:
             kinds = set(FAULTS)
             if o.overlay_share > 0:
                 kinds |= {OVERLAY_SWITCH, *OVERLAY_FAULTS}
+            if o.policy_share > 0:
+                kinds.add(POLICY_SWITCH)
             while (
                 time.monotonic() - start < o.duration or not kinds <= set(self.faults)
             ) and not self.harness_errors:
@@ -973,7 +1029,9 @@ class Campaign:
                 if late and time.monotonic() - start > o.duration + 600:
                     self.notes.append(f"stopped before covering {missing}: out of time")
                     break
-                if self.overlay_due(time.monotonic() - start):
+                if self.policy_due(time.monotonic() - start):
+                    self.kind = POLICY_SWITCH
+                elif self.overlay_due(time.monotonic() - start):
                     self.kind = OVERLAY_SWITCH
                 else:
                     self.kind = missing[0] if late else next(deck)
@@ -988,8 +1046,13 @@ class Campaign:
                 self.overlay_phases += self.overlay_on
                 if t_heal >= 0:
                     self.verify(max(t_heal, self.cluster.last_change))
+                if self.policy is not None:
+                    self.policy_phases += 1
+                    self.policy.step()  # change, wait for enforcement, probe the matrix
                 if self.kind == OVERLAY_SWITCH:
-                    deck = self.deck()  # the overlay faults come next
+                    deck = self.deck(OVERLAY_FAULTS)  # the overlay faults come next
+                elif self.kind == POLICY_SWITCH:
+                    deck = self.deck(POLICY_FIRST)  # restarts with policies in place
                 last = self.recovery.get(self.kind, [None])[-1]
                 rec = None if last is None else round(last, 3)
                 self.log(
@@ -1002,6 +1065,8 @@ class Campaign:
                 dst_map.clear()  # the removal below is not a fault to measure
             self._remove_foreign()
             self.verify(time.monotonic(), allow=RETRY_MAX + 1.0)
+            if self.policy is not None:
+                self.policy.step(changes=0)
             self.stop.set()
             for t in threads:
                 t.join(timeout=120)
@@ -1031,6 +1096,8 @@ class Campaign:
                 d.stop()
             except Exception:
                 d.kill()
+        if self.policy is not None:
+            self.policy.teardown()
         for table in self.tables.values():
             table.close()
         api = getattr(self, "api", None)
@@ -1138,6 +1205,9 @@ class Campaign:
             "syncs",
             "route_operation_errors",
             "route_deletes_deferred",
+            "policy_syncs",
+            "policy_writes",
+            "policy_restored",
         )
         return {
             "seed": self.o.seed,
@@ -1167,6 +1237,12 @@ class Campaign:
                 "share": self.o.overlay_share,
                 "started_at_s": self.overlay_started,
                 "phases": self.overlay_phases,
+            },
+            "policy": {
+                "share": self.o.policy_share,
+                "started_at_s": self.policy_started,
+                "phases": self.policy_phases,
+                **(self.policy.summary() if self.policy is not None else {"on": False}),
             },
             "violations_total": len(self.violations),
             "violations_by_kind": dict(kinds),

@@ -29,6 +29,7 @@ SHORT = {
     "bulk": 150,
     "churn_window": (0.5, 2.0),
     "overlay_share": 0.4,
+    "policy_share": 0.7,
 }
 
 
@@ -48,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         help="the last share of --duration run with OVERLAY=vxlan and MASQUERADE=true "
         "(default 0.3; 0: never)",
+    )
+    p.add_argument(
+        "--policy-share",
+        type=float,
+        help="the last share of --duration run with NETWORK_POLICY=true, pods and policy "
+        "churn (default 0.5; 0: never)",
     )
     p.add_argument("--report", help="also write the JSON report to this file")
     p.add_argument("--workdir", help="keep logs here (default: a temp dir, removed on success)")
@@ -77,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.short:
         for key, value in SHORT.items():
             setattr(opts, key, value)
-    for key in ("duration", "rate", "burst", "overlay_share"):
+    for key in ("duration", "rate", "burst", "overlay_share", "policy_share"):
         if getattr(args, key) is not None:
             setattr(opts, key, getattr(args, key))
 

@@ -2,8 +2,10 @@
 daemons in node namespaces, an API-server double with 2,000 churning nodes, every kind of
 fault at least once, IPAM bursts, and for the last part of it the overlay phase (the
 daemons restarted with ``OVERLAY=vxlan`` and ``MASQUERADE=true``, their vxlan device,
-FDB and neighbour entries and nft table damaged and checked); zero invariant violations
-allowed.
+FDB and neighbour entries and nft table damaged and checked), and for the last 70 % the
+policy phase (the main daemons with ``NETWORK_POLICY=true``, pods on ``cbr0``, policy
+churn, the reachability matrix probed after every step and during daemon restarts and API
+outages); zero invariant violations allowed.
 
 Runs the campaign as a subprocess (its own signal handling, threads and namespaces; all
 cleaned up by it). ``SOAK_SEED`` fixes the seed; otherwise a random one is printed."""
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.soak.campaign import FAULTS, OVERLAY_FAULTS, OVERLAY_RESTORE_BOUND, OVERLAY_SWITCH
+from tests.soak.policy_phase import POLICY_SWITCH
 
 pytestmark = pytest.mark.root
 RUN = Path(__file__).with_name("run.py")
@@ -55,6 +58,13 @@ def test_short_campaign_holds_every_invariant(tmp_path: Path) -> None:
     ]
     for kind in OVERLAY_FAULTS:
         assert report["recovery_s"][kind]["max"] <= OVERLAY_RESTORE_BOUND, (seed, kind)
+    # ... and the policy phase: matrices after policy changes, denied probes among them,
+    # probe rounds while a policy daemon restarted
+    policy = report["policy"]
+    assert POLICY_SWITCH in report["faults"], (seed, report["faults"])
+    assert policy["matrices"] >= 5 and policy["policy_changes"] >= 5, (seed, policy)
+    assert policy["probes_denied"] > 0 and policy["probes_allowed"] > 0, (seed, policy)
+    assert policy["restart_rounds"] >= 2, (seed, policy)
     assert report["events_total"] > 1000, (seed, report["events_total"])
     assert report["checks"]["quiet_period_routes_equal"] >= 3 * len(FAULTS), report["checks"]
     assert report["ipam"].get("add_ok", 0) > 50 and report["ipam"].get("sigkill", 0) > 0, report[
