@@ -24,6 +24,18 @@ def render(report: dict[str, Any]) -> str:
             f"Overlay phase (OVERLAY=vxlan, MASQUERADE=true) from {overlay['started_at_s']:g} s "
             f"on: {overlay['phases']} phases."
         )
+    policy = report.get("policy") or {}
+    if policy.get("started_at_s") is not None and policy.get("on"):
+        enforced = policy.get("enforced_s") or {}
+        out.append(
+            f"Policy phase (NETWORK_POLICY=true) from {policy['started_at_s']:g} s on: "
+            f"{policy['phases']} phases, {policy.get('policy_changes', 0)} policy changes, "
+            f"{policy.get('matrices', 0)} matrices of {policy.get('probes', 0)} probes "
+            f"({policy.get('probes_allowed', 0)} allowed, {policy.get('probes_denied', 0)} "
+            f"denied), {policy.get('window_probes', 0)} probes in fault windows "
+            f"({policy.get('restart_rounds', 0)} restart rounds); tables as wanted after "
+            f"p50 {enforced.get('p50')} s, max {enforced.get('max')} s."
+        )
     out.append("")
     out.append("| fault | injected | recovery p50 (s) | p99 (s) | max (s) |")
     out.append("|---|---|---|---|---|")
