@@ -112,11 +112,19 @@ def table_name(protocol: int) -> str:
 
 @attrs.frozen
 class Segment:
-    """A vmap element: the addresses ``first``..``last`` go to ``chain``."""
+    """A vmap element: the addresses ``first``..``last`` (as integers: a node holds tens of
+    thousands of segments, and address objects would double their memory) of ``family``
+    go to ``chain``."""
 
-    first: IPAddress
-    last: IPAddress
+    first: int
+    last: int
     chain: str
+    family: int = 4
+
+    @property
+    def addresses(self) -> tuple[IPAddress, IPAddress]:
+        make = ipaddress.IPv4Address if self.family == 4 else ipaddress.IPv6Address
+        return make(self.first), make(self.last)
 
 
 @attrs.frozen
@@ -307,10 +315,10 @@ def _segments(
         if chain is None:
             continue
         chains.setdefault(chain.name, chain)
-        if out and out[-1].chain == chain.name and int(out[-1].last) + 1 == start:
-            out[-1] = Segment(out[-1].first, make(end), chain.name)
+        if out and out[-1].chain == chain.name and out[-1].last + 1 == start:
+            out[-1] = Segment(out[-1].first, end, chain.name, family)
         else:
-            out.append(Segment(make(start), make(end), chain.name))
+            out.append(Segment(start, end, chain.name, family))
     return tuple(out)
 
 
@@ -387,7 +395,7 @@ def address_element(first: IPAddress, last: IPAddress) -> Any:
 
 def _element(set_name: str, value: Any) -> Any:
     if isinstance(value, Segment):
-        return [address_element(value.first, value.last), {"goto": {"target": value.chain}}]
+        return [address_element(*value.addresses), {"goto": {"target": value.chain}}]
     if set_name.startswith("self"):
         return {"concat": [str(value[0]), str(value[1])]}
     if isinstance(value, tuple):  # (pod, protocol, first, last)
@@ -526,7 +534,7 @@ def _set_command(
 def _sorted(elements: Iterable[Any]) -> list[Any]:
     def key(e: Any) -> Any:
         if isinstance(e, Segment):
-            return (int(e.first), e.chain)
+            return (e.first, e.chain)
         if isinstance(e, tuple):
             return tuple(int(x) if not isinstance(x, str | int) else x for x in e)
         return int(e)

@@ -35,7 +35,7 @@ class NodeScope:
 
     node: str
     policies: tuple[tuple[PolicyFacts, tuple[tuple[Rule, bool], ...]], ...] = ()
-    owners: Mapping[IPAddress, str] = attrs.field(factory=dict)
+    owners: Mapping[IPAddress, PodFacts] = attrs.field(factory=dict)
 
     def pod_matters(self, view: PolicyView, pod: PodFacts | None) -> bool:
         """Whether ``pod`` (a version of it: before or after a change) can change the
@@ -46,8 +46,10 @@ class NodeScope:
             return True
         if not pod.policed:
             return False
-        if any(self.owners.get(a, pod.key) != pod.key for a in pod.ips):
-            return True  # an address another pod claims too
+        for a in pod.ips:
+            owner = self.owners.get(a)
+            if owner is not None and (owner.namespace, owner.name) != (pod.namespace, pod.name):
+                return True  # an address another pod claims too
         for policy, rules in self.policies:
             for rule, egress in rules:
                 named = egress and _named(rule)
@@ -72,5 +74,4 @@ def node_scope(view: PolicyView, node: str) -> NodeScope:
             rules = ((r, False) for r in (q.ingress if q.ingress_policy else ()))
             more = ((r, True) for r in (q.egress if q.egress_policy else ()))
             policies.append((q, (*rules, *more)))
-    owners = {a: p.key for a, p in view.pod_by_ip().items()}
-    return NodeScope(node=node, policies=tuple(policies), owners=owners)
+    return NodeScope(node=node, policies=tuple(policies), owners=view.pod_by_ip())
