@@ -299,7 +299,8 @@ class PolicyReconciler(TableLoop):
         present = bool(objects)
         listed = read_tables(objects)
         del objects  # the listing's dicts (tens of MB with 10,000s of elements)
-        wanted = self._wanted(desired, mac)
+        # built only when there is something to compare it with (not at a first start)
+        wanted = self._wanted(desired, mac) if present else None
         document = None
         if present:
             document = repair_document(
@@ -324,9 +325,11 @@ class PolicyReconciler(TableLoop):
             self.nft.apply(document)
         del document
         self._installed, self._installed_mac = desired, mac
-        if settled is not None and (settled, settled_mac) != (desired, mac):
-            wanted = self._wanted(settled, settled_mac)
-        restored = settled is not None and listed != wanted
+        restored = False
+        if settled is not None:  # what the last reconcile left: is it still there?
+            if wanted is None or (settled, settled_mac) != (desired, mac):
+                wanted = self._wanted(settled, settled_mac)
+            restored = listed != wanted
         del listed, wanted
         release_free_memory()  # the peak of this reconcile, back to the system
         return self._finish(
