@@ -23,7 +23,10 @@ Conditions, interleaved round by round (the order rotated each round):
   bridge table hands it to node-0's IP stack, which routes it back out ``cbr0`` through the
   ``forward`` hook and conntrack (TTL 63 instead of 64: reported);
 - ``unselected``: the same tables, but the two probe policies select no pod: the probes
-  are not policed (no redirect), the node still runs the tables and conntrack.
+  are not policed (no redirect), the node still runs the tables and conntrack;
+- ``policy-brnf``: the ``policy`` tables without the bridge table
+  (``POLICY_SAME_NODE=br-netfilter``): same-node frames stay bridged and meet ``forward``
+  through ``br_netfilter`` (needs ``bridge-nf-call-iptables`` 1).
 
 Measured per condition and path:
 
@@ -79,7 +82,7 @@ from xcluster_cni_lib.testing.netns import netns, run_in
 
 Json = dict[str, Any]
 TABLE = policynft.table_name(202)
-CONDITIONS = ("none", "conntrack", "policy", "unselected")
+CONDITIONS = ("none", "conntrack", "policy", "unselected", "policy-brnf")
 CT_TABLE = "xcluster-bench-conntrack"
 PATHS = ("same_node", "cross_node")
 ECHO_PORT = 12000  # in the probes' allowed range: the Python echo server (crr, rr fallback)
@@ -230,16 +233,17 @@ def documents(topo: Topology, *, pods_n: int, policies_n: int, nodes_n: int) -> 
         "conntrack": {k: _with_ct(policynft.delete_document(TABLE)) for k in topo.nodes},
     }
     stats: Json = {}
-    for name, cl in (("policy", c), ("unselected", unselected)):
+    for name, cl in (("policy", c), ("unselected", unselected), ("policy-brnf", c)):
         view = cl.view()
         if view.problems:
             raise RuntimeError(f"generated cluster has problems: {view.problems[:3]}")
         out[name] = {}
         for k in topo.nodes:
             state = policynft.compile_node(view, node=pc.node_name(k))
-            out[name][k] = _without_ct(
-                policynft.table_document(TABLE, state, bridge_mac=topo.macs[k])
-            )
+            # policy-brnf: no bridge table (POLICY_SAME_NODE=br-netfilter): same-node
+            # frames stay bridged and meet ``forward`` through br_netfilter
+            mac = None if name == "policy-brnf" else topo.macs[k]
+            out[name][k] = _without_ct(policynft.table_document(TABLE, state, bridge_mac=mac))
             stats[f"{name}/node-{k}"] = {
                 "elements": state.count(),
                 "class_chains": len(state.chains),
@@ -476,7 +480,7 @@ def run(
                         s["ping_p50_us"].append(percentile(pg["rtts_us"], 50))
                         ttls[cond][path] = pg["ttl"]
                         verdict = connect(topo, "client", target.ipv4, pc.DENIED_PORT, 1.0)
-                        want = "timeout" if cond == "policy" else "refused"
+                        want = "timeout" if cond in ("policy", "policy-brnf") else "refused"
                         checks.append(
                             {"round": r, "condition": cond, "path": path, "denied_port": verdict}
                         )

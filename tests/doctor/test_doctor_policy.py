@@ -140,6 +140,14 @@ def test_on_with_the_bridge_table_missing_warns() -> None:
     assert check.details[0].startswith(f"table inet {TABLE}: 2 local pod addresses")
 
 
+def test_through_br_netfilter_no_bridge_table_is_needed() -> None:
+    check = doctor.check_policy(
+        facts(on=True, **both(bridge=None, bridge_link="cbr0", br_netfilter=True))
+    )
+    assert check.status == OK
+    assert check.summary.endswith("; same-node traffic judged through br_netfilter")
+
+
 def test_on_with_the_inet_table_missing_fails() -> None:
     for tables in (both(inet=None), both(inet=None, bridge=None), {}):
         check = doctor.check_policy(facts(on=True, **tables))

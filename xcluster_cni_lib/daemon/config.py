@@ -72,6 +72,9 @@ SETTINGS: dict[str, str] = {
     "watches Pods, Namespaces, NetworkPolicies through the API); default false",
     "POLICY_BRIDGE": "the pods' bridge, whose same-node traffic policy redirects through the "
     "node (default cbr0; empty: pods are not bridged)",
+    "POLICY_SAME_NODE": "redirect (same-node traffic of policed pods routed through the node "
+    "by a bridge table) or br-netfilter (left bridged, judged through br_netfilter, when the "
+    "node has bridge-nf-call-iptables and -ip6tables on; else redirect); default redirect",
     "POLICY_LOG_DENIED": "true: log denied packets to the kernel log (nft log, at most 10/s); "
     "default false",
     "IPAM_NODE_FILE": "where the IPAM server keeps its own Node for restarts without the "
@@ -118,6 +121,7 @@ class DaemonConfig:
     network_policy: bool = False
     policy_bridge: str | None = DEFAULT_POLICY_BRIDGE
     policy_log_denied: bool = False
+    policy_same_node: str = "redirect"
     warnings: tuple[str, ...] = attrs.field(default=(), eq=False)
 
     @property
@@ -175,6 +179,7 @@ class DaemonConfig:
             "network_policy": self.network_policy,
             "policy_bridge": self.policy_bridge if self.network_policy else None,
             "policy_log_denied": self.policy_log_denied if self.network_policy else None,
+            "policy_same_node": self.policy_same_node if self.network_policy else None,
         }
 
 
@@ -275,6 +280,9 @@ def load_config(
         network_policy=network_policy,
         policy_bridge=parse_bridge(merged.get("POLICY_BRIDGE")),
         policy_log_denied=parse_bool("POLICY_LOG_DENIED", get("POLICY_LOG_DENIED")),
+        policy_same_node=parse_choice(
+            "POLICY_SAME_NODE", get("POLICY_SAME_NODE"), ("redirect", "br-netfilter")
+        ),
         warnings=tuple(warnings),
     )
 

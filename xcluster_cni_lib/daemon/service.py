@@ -342,6 +342,7 @@ class Daemon:
             protocol=config.protocol,
             bridge=self._pod_bridge,
             log_denied=config.policy_log_denied,
+            same_node=config.policy_same_node,
             resync_interval=config.resync_interval,
             metrics=self.metrics,
         )

@@ -15,11 +15,47 @@ while ``net.ipv4.conf.all.send_redirects`` is on, a node-wide setting left to th
 from __future__ import annotations
 
 import os
+import threading
 
 from xcluster_cni_lib.kernel.vxlan import VxlanKernel
 from xcluster_cni_lib.support import jsonlog
 
 log = jsonlog.get_logger(__name__)
+
+
+BRIDGE_NF_CALLS = (
+    "/proc/sys/net/bridge/bridge-nf-call-iptables",
+    "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+)
+
+
+def bridge_nf_calls(netns: str | None = None) -> bool:
+    """Whether bridged IPv4 and IPv6 frames pass the IP hooks (``br_netfilter`` loaded,
+    ``net.bridge.bridge-nf-call-iptables`` and ``-ip6tables`` both 1) in ``netns``."""
+
+    def read() -> bool:
+        try:
+            return all(open(path).read().strip() == "1" for path in BRIDGE_NF_CALLS)
+        except OSError:  # no br_netfilter: no such files
+            return False
+
+    if netns is None:
+        return read()
+    result: list[bool] = []
+
+    def in_netns() -> None:  # /proc/sys/net is the opening thread's namespace
+        from pyroute2 import netns as pyroute2_netns
+
+        try:
+            pyroute2_netns.setns(netns, flags=0)
+            result.append(read())
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=in_netns, name=f"brnf-{netns}")
+    thread.start()
+    thread.join()
+    return bool(result and result[0])
 
 
 class PodBridge:
@@ -57,6 +93,10 @@ class PodBridge:
             log.debug(
                 "send_redirects not set", bridge=self.name, error=str(e), path=os.fspath(path)
             )
+
+    def br_netfilter(self) -> bool:
+        """Whether the node shows bridged frames to the IP hooks (``bridge_nf_calls``)."""
+        return bridge_nf_calls(self.netns)
 
     def close(self) -> None:
         self._kernel.close()

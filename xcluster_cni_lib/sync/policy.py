@@ -65,9 +65,12 @@ class PolicyNft(Protocol):
 
 
 class BridgeAddress(Protocol):
-    """The pods' bridge (``kernel.podbridge.PodBridge``): its address, None if absent."""
+    """The pods' bridge (``kernel.podbridge.PodBridge``): its address, None if absent;
+    whether the node shows bridged frames to the IP hooks (``br_netfilter``)."""
 
     def mac(self) -> str | None: ...
+
+    def br_netfilter(self) -> bool: ...
 
 
 @attrs.frozen
@@ -166,6 +169,7 @@ class PolicyReconciler(TableLoop):
         protocol: int = DEFAULT_PROTOCOL,
         bridge: BridgeAddress | None = None,
         log_denied: bool = False,
+        same_node: str = "redirect",
         resync_interval: float = 60.0,
         coalesce: float = 0.05,
         retry_min: float = 0.2,
@@ -179,6 +183,8 @@ class PolicyReconciler(TableLoop):
         self.table = table_name(protocol)
         self.bridge = bridge
         self.log_denied = log_denied
+        self.same_node = same_node
+        self._br_netfilter: bool | None = None  # last seen, with same_node br-netfilter
         self.resync_interval = resync_interval
         self.coalesce = coalesce
         self.retry_min = retry_min
@@ -270,8 +276,23 @@ class PolicyReconciler(TableLoop):
         self.skipped += 1
         return True
 
-    def _mac(self) -> str | None:
-        return self.bridge.mac() if self.bridge is not None else None
+    def _mac(self, *, full: bool = False) -> str | None:
+        """The bridge address the bridge table redirects to; None: no bridge table (no
+        bridge, or ``same_node`` br-netfilter on a node that shows bridged frames to the
+        IP hooks: read at each full reconcile)."""
+        if self.bridge is None:
+            return None
+        if self.same_node == "br-netfilter":
+            if full or self._br_netfilter is None:
+                on = self.bridge.br_netfilter()
+                if on != self._br_netfilter:
+                    how = "bridged, through br_netfilter" if on else "redirected (no br_netfilter)"
+                    level = log.info if on else log.warning
+                    level("policy: same-node traffic", mode=how, table=self.table)
+                self._br_netfilter = on
+            if self._br_netfilter:
+                return None
+        return self.bridge.mac()
 
     def _failed(self, e: Exception) -> None:
         self.last_error = f"{type(e).__name__}: {e}"
@@ -289,7 +310,7 @@ class PolicyReconciler(TableLoop):
             return self._finish(PolicyResult(full=True, action="wait"), None, quiet=True)
         settled, settled_mac = self._installed, self._installed_mac
         self._installed = None  # until this reconcile is done
-        mac = self._mac()
+        mac = self._mac(full=True)
         view, desired = self._desired()
         objects = [
             o

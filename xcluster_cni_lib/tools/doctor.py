@@ -119,7 +119,9 @@ class PolicyTables:
     """The instance's NetworkPolicy tables (``core.policynft.table_name``) as ``nft -j list
     table`` lists them (``None``: no such table), the pods' bridge (``POLICY_BRIDGE``;
     ``None``: pods are not bridged), whether that link exists (``None``: not looked up)
-    and its MAC address, or the ``error`` reading them."""
+    and its MAC address, or the ``error`` reading them. ``br_netfilter``: same-node traffic
+    is judged through br_netfilter (``POLICY_SAME_NODE=br-netfilter`` on a node that
+    shows bridged frames to the IP hooks), so no bridge table is needed."""
 
     name: str
     inet: tuple[Mapping[str, Any], ...] | None = None
@@ -128,6 +130,7 @@ class PolicyTables:
     bridged: bool | None = None
     bridge_mac: str | None = None
     error: str | None = None
+    br_netfilter: bool = False
 
 
 @attrs.frozen
@@ -719,6 +722,8 @@ def check_policy(facts: DoctorFacts) -> Check:
         f"table {inet}: {isolated['ingress']} local pod addresses isolated for ingress, "
         f"{isolated['egress']} for egress, {sum(counts.values())} elements"
     )
+    if state.bridge is None and state.br_netfilter:
+        return Check(name, OK, f"{summary}; same-node traffic judged through br_netfilter")
     if state.bridge is None and state.bridge_link is not None and state.bridged:
         return Check(
             name,

@@ -337,17 +337,24 @@ def read_policy(config: DaemonConfig, *, netns: str | None = None) -> doctor.Pol
     from xcluster_cni_lib.core.policynft import BRIDGE, INET
     from xcluster_cni_lib.core.policynft import table_name as policy_table
     from xcluster_cni_lib.kernel.nftables import Nft, NftError
+    from xcluster_cni_lib.kernel.podbridge import bridge_nf_calls
 
     name = policy_table(config.protocol)
     link = config.policy_bridge
     bridged, mac = _link_mac(link, netns) if link is not None else (False, None)
+    br_netfilter = config.policy_same_node == "br-netfilter" and bridge_nf_calls(netns)
     try:
         with Nft(netns=netns) as nft:
             inet = nft.read_table(name, family=INET)
             bridge = nft.read_table(name, family=BRIDGE)
     except (NftError, OSError) as e:
         return doctor.PolicyTables(
-            name, bridge_link=link, bridged=bridged, bridge_mac=mac, error=str(e)
+            name,
+            bridge_link=link,
+            bridged=bridged,
+            bridge_mac=mac,
+            error=str(e),
+            br_netfilter=br_netfilter,
         )
     return doctor.PolicyTables(
         name,
@@ -356,6 +363,7 @@ def read_policy(config: DaemonConfig, *, netns: str | None = None) -> doctor.Pol
         bridge_link=link,
         bridged=bridged,
         bridge_mac=mac,
+        br_netfilter=br_netfilter,
     )
 
 
