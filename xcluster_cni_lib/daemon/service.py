@@ -44,7 +44,7 @@ from xcluster_cni_lib.sync.reconciler import Reconciler
 if TYPE_CHECKING:
     from xcluster_cni_lib.daemon.admission import PolicyAdmission
     from xcluster_cni_lib.daemon.ipamserver import IpamServer
-    from xcluster_cni_lib.kernel.nftables import Nft, NftMonitor
+    from xcluster_cni_lib.kernel.nftables import Nft
     from xcluster_cni_lib.kernel.nftevents import NftTableEvents
     from xcluster_cni_lib.kernel.podbridge import PodBridge
     from xcluster_cni_lib.kernel.vxlan import VxlanKernel
@@ -244,7 +244,7 @@ class Daemon:
             self._make_overlay(config, netns, machine_id)
         self.masquerade: MasqueradeReconciler | None = None
         self._nft: Nft | None = None
-        self._nft_monitor: NftMonitor | None = None
+        self._nft_monitor: NftTableEvents | None = None
         if config.masquerade and (own_table or netns is not None):
             self._make_masquerade(config, netns, machine_id)
         self.policy: PolicyReconciler | None = None
@@ -298,7 +298,8 @@ class Daemon:
         self.overlay.on_device = self.reconciler.request_full
 
     def _make_masquerade(self, config: DaemonConfig, netns: str | None, mid: str | None) -> None:
-        from xcluster_cni_lib.kernel.nftables import Nft, NftMonitor
+        from xcluster_cni_lib.kernel.nftables import Nft
+        from xcluster_cni_lib.kernel.nftevents import NftTableEvents
         from xcluster_cni_lib.sync.masquerade import MasqueradeReconciler
 
         # one Nft for the reconciler and the monitor: the monitor then knows the events of
@@ -314,7 +315,12 @@ class Daemon:
             resync_interval=config.resync_interval,
             metrics=self.metrics,
         )
-        self._nft_monitor = NftMonitor(self.masquerade.table, nft=self._nft)
+        # the kernel's nf_tables notifications, our own transactions told by the nft
+        # process id: not ``nft monitor``, which nft 1.0.6 crashes in when another table of
+        # the namespace (a policy table) changes elements of a concatenated interval set
+        self._nft_monitor = NftTableEvents(
+            self.masquerade.table, own_pids=self._nft.started, netns=netns
+        )
         self.cache.subscribe(self.masquerade.notify)
 
     def _make_policy(
