@@ -3,7 +3,9 @@ each test in a throwaway network namespace with a veth pair so gateways are reac
 
 from __future__ import annotations
 
+import itertools
 import json
+import socket
 import threading
 
 import pytest
@@ -21,8 +23,9 @@ from tests.kernel.helpers import (
 )
 from xcluster_cni_lib.core.planning import plan_routes
 from xcluster_cni_lib.core.values import Plan
-from xcluster_cni_lib.kernel.channel import NetlinkError
-from xcluster_cni_lib.kernel.dumps import list_protocol_routes
+from xcluster_cni_lib.kernel import codec as rc
+from xcluster_cni_lib.kernel.channel import Channel, NetlinkError
+from xcluster_cni_lib.kernel.dumps import as_route, dump_routes, list_protocol_routes, route_key
 from xcluster_cni_lib.kernel.routetable import NetlinkRouteTable
 from xcluster_cni_lib.testing.netns import run_in
 
@@ -113,6 +116,35 @@ def test_ipv6_list_is_exact_while_another_protocol_churns_the_table(
         stop.set()
         worker.join()
     assert wrong == 0
+
+
+def test_disturbed_ipv6_listing_confirms_only_expected_routes_that_are_ours(
+    gw_netns: str,
+) -> None:
+    """When every dump was disturbed, each expected route the union lacks is looked up
+    on its own; the answer counts only if it is exactly that route of our protocol and
+    table: a route gone, another protocol's, or a shorter prefix of ours is not listed."""
+    ours = route("fd00:30::/48", GW6)
+    run_in(gw_netns, f"ip route add {ours.dst} via {GW6} proto {PROTO}".split())
+    run_in(gw_netns, f"ip route add fd00:31::/64 via {GW6} proto {OTHER}".split())
+    expected = [
+        route_key(route(dst, GW6))
+        for dst in ("fd00:30::/48", "fd00:32::/64", "fd00:31::/64", "fd00:30:1::/64")
+    ]
+    always_changing = itertools.count().__next__  # no dump counts as clean
+    chan = Channel(gw_netns)
+    try:
+        messages = dump_routes(
+            chan,
+            socket.AF_INET6,
+            table=rc.RT_TABLE_MAIN,
+            protocol=PROTO,
+            events=always_changing,
+            expected=expected,
+        )
+    finally:
+        chan.close()
+    assert [as_route(socket.AF_INET6, m) for m in messages] == [ours]
 
 
 def test_other_protocols_route_is_a_conflict_and_left_intact(

@@ -91,7 +91,7 @@ def test_truncated_buffers_are_not_walked_past() -> None:
 def test_lookups_ask_for_the_matching_route_of_each_destination() -> None:
     out = bytearray(4096)
     count, length = rc.encode_lookups(
-        out, ROUTES[:2], flags=rc.NLM_F_REQUEST, last_flags=rc.NLM_F_ACK, seq=40
+        out, [r.dst for r in ROUTES[:2]], flags=rc.NLM_F_REQUEST, last_flags=rc.NLM_F_ACK, seq=40
     )
     assert count == 2
     headers = list(rc.iter_messages(out, length))
@@ -112,4 +112,4 @@ def test_lookups_ask_for_the_matching_route_of_each_destination() -> None:
     assert v6.dst == ROUTES[1].dst.network_address.packed
     assert v4.nl_flags == rc.NLM_F_REQUEST  # the header's flags come along
     small = bytearray(len(out[: headers[0].end]))
-    assert rc.encode_lookups(small, ROUTES, flags=rc.NLM_F_REQUEST, seq=1)[0] == 1
+    assert rc.encode_lookups(small, [r.dst for r in ROUTES], flags=rc.NLM_F_REQUEST, seq=1)[0] == 1

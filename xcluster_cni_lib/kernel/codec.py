@@ -25,7 +25,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from typing import Final, NamedTuple
 
-from xcluster_cni_lib.core.values import Route
+from xcluster_cni_lib.core.values import IPNetwork, Route
 
 # --- netlink ---------------------------------------------------------------------------
 NLMSG_NOOP = 1
@@ -265,14 +265,14 @@ _LOOKUP = {
 
 def encode_lookups(
     out: bytearray,
-    routes: Sequence[Route],
+    dsts: Sequence[IPNetwork],
     *,
     flags: int,
     last_flags: int = 0,
     seq: int,
 ) -> tuple[int, int]:
-    """Encode one RTM_GETROUTE lookup per route (``routes`` all, or as many as fit in
-    ``out``), the i-th with sequence number ``seq + i``: "which route matches the
+    """Encode one RTM_GETROUTE lookup per destination (``dsts`` all, or as many as fit
+    in ``out``), the i-th with sequence number ``seq + i``: "which route matches the
     destination's network address" (RTM_F_FIB_MATCH), answered with that route (prefix,
     table, protocol, gateway, metric) or an error when nothing matches. The lookup
     follows the policy rules; the answer names the table it came from (for IPv4 thanks to
@@ -281,8 +281,7 @@ def encode_lookups(
     limit = len(out)
     offset = last = index = 0
     st4, st6 = _LOOKUP[AF_INET], _LOOKUP[AF_INET6]
-    for route in routes:
-        dst = route.dst
+    for dst in dsts:
         if dst.version == 4:
             st, family, bits, alen = st4, AF_INET, 32, 8
             rflags = RTM_F_FIB_MATCH | RTM_F_LOOKUP_TABLE

@@ -18,9 +18,14 @@ cannot tell a disturbed one. Hence, for IPv6 (``dump_routes``):
   at most ``V6_DUMP_TRIES`` times;
 - under unending churn (no dump clean) the *union* of the dumps is returned: a
   disturbed dump repeats or misses routes but never shows one that was not in the table
-  during the listing, and a route missed by one dump is shown by another. A route of
-  ours deleted during that listing may then still be listed; its deletion is a change
-  event, which a tracking table reports, so the next reconcile corrects it.
+  during the listing. A route of ours deleted during that listing may then still be
+  listed; its deletion is a change event, which a tracking table reports, so the next
+  reconcile corrects it.
+- the union can still miss a route that every dump missed (the dumps resume at the same
+  places, and a churn in step with them disturbs each alike). The caller names the
+  routes it expects (``expected``: its tracked view, or what it listed and wrote last);
+  each of them absent from the union is asked for on its own (one RTM_GETROUTE lookup
+  per route, many per send), which a concurrent change cannot make skip.
 """
 
 from __future__ import annotations
@@ -28,13 +33,14 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from typing import Final, NamedTuple
 
 from xcluster_cni_lib.core.errors import InputError
 from xcluster_cni_lib.core.values import IPAddress, IPNetwork, Route
 from xcluster_cni_lib.kernel import codec as rc
 from xcluster_cni_lib.kernel.channel import (
+    BATCH_BYTES,
     Channel,
     NetlinkError,
     group_mask,
@@ -134,10 +140,17 @@ class RouteEventWatch:
 
 
 def dump_routes(
-    chan: Channel, family: int, *, table: int, protocol: int, events: RouteEvents
+    chan: Channel,
+    family: int,
+    *,
+    table: int,
+    protocol: int,
+    events: RouteEvents,
+    expected: Collection[Key] = (),
 ) -> list[rc.RouteMessage]:
     """Unicast route messages of ``table`` (and of ``protocol`` unless 0), each route
-    once; for IPv6, exact unless the table never stops changing (see the module)."""
+    once; for IPv6, exact unless the table never stops changing, and then still
+    showing every route of ``expected`` that is there (see the module)."""
     first: _Seen = {}
     if family != socket.AF_INET6:
         _merge(first, _dump_once(chan, family, table=table, protocol=protocol))
@@ -151,14 +164,54 @@ def dump_routes(
             _merge(clean, messages)
             return list(clean.values())
         _merge(union, messages)
+    shown = {message_key(msg) for msg in union.values()}
+    missed = [key_network(k) for k in expected if k[0] == 6 and k not in shown]
+    found = 0
+    for dst, (reply, _) in zip(missed, look_up(chan, missed), strict=True):
+        if reply is not None and _holds(reply, dst, table=table, protocol=protocol):
+            _merge(union, [reply])
+            found += 1
     log.debug(
         "ipv6 table kept changing under every dump; listing the union of the dumps",
         dumps=V6_DUMP_TRIES,
         table=table,
         protocol=protocol,
         routes=len(union),
+        looked_up=len(missed),
+        found_by_lookup=found,
     )
     return list(union.values())
+
+
+def _holds(reply: rc.RouteMessage, dst: IPNetwork, *, table: int, protocol: int) -> bool:
+    """The lookup's answer is a route of ``table`` (and ``protocol``) at exactly ``dst``."""
+    return (
+        reply.table == table
+        and reply.dst_len == dst.prefixlen
+        and (reply.dst or bytes(len(dst.network_address.packed))) == dst.network_address.packed
+        and (protocol == 0 or reply.protocol == protocol)
+        and reply.route_type == rc.RTN_UNICAST
+    )
+
+
+def look_up(chan: Channel, dsts: Sequence[IPNetwork]) -> list[tuple[rc.RouteMessage | None, int]]:
+    """Which route matches each destination's network address (the lookup follows the
+    policy rules): (the route, 0), or (None, errno). One RTM_GETROUTE per destination,
+    many per ``send``."""
+    out = bytearray(BATCH_BYTES)
+    answers: list[tuple[rc.RouteMessage | None, int]] = []
+    start = 0
+    while start < len(dsts):
+        chunk = dsts[start : start + chan.batch_messages]
+        base = chan.next_seq(len(chunk))
+        count, length = rc.encode_lookups(
+            out, chunk, flags=rc.NLM_F_REQUEST, last_flags=rc.NLM_F_ACK, seq=base
+        )
+        replies: dict[int, rc.RouteMessage] = {}
+        results = chan.exchange(out, length, base, count, replies=replies)
+        answers.extend((replies.get(i), results[i][0]) for i in range(count))
+        start += count
+    return answers
 
 
 def _dump_once(chan: Channel, family: int, *, table: int, protocol: int) -> list[rc.RouteMessage]:

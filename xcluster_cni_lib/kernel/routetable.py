@@ -27,6 +27,7 @@ from xcluster_cni_lib.kernel.dumps import (
     as_route,
     dump_routes,
     holders,
+    look_up,
     message_key,
     packed_address,
     route_key,
@@ -110,6 +111,9 @@ class NetlinkRouteTable:
         self._chan = Channel(netns)
         self._tracker: RouteTracker | None = None
         self._watch: RouteEventWatch | None = None  # checks IPv6 dumps while not tracking
+        # while not tracking: our IPv6 routes' keys as last listed and written since, the
+        # routes a listing under churn confirms one by one when every dump missed them
+        self._ours6: set[Key] = set()
         # the vxlan overlay's device (routes with ``device``), its index as last looked up
         self._device = device
         self._device_index = 0
@@ -223,6 +227,8 @@ class NetlinkRouteTable:
             tracker.drain()  # the changes so far stay reported
         routes: list[Route] = []
         entries: dict[Key, list[Entry]] = {}
+        expected = tracker.routes.keys() if tracker is not None else self._ours6
+        listed6: set[Key] = set()
         for family in (socket.AF_INET, socket.AF_INET6):
             messages = dump_routes(
                 self._chan,
@@ -230,9 +236,12 @@ class NetlinkRouteTable:
                 table=self._table,
                 protocol=self._protocol,
                 events=self._route_events,
+                expected=expected,
             )
             for msg in messages:
                 key = message_key(msg)
+                if family == socket.AF_INET6:
+                    listed6.add(key)
                 priority = msg.priority or 0
                 route: Route | None = None
                 if msg.gateway is None or msg.multipath:
@@ -253,6 +262,8 @@ class NetlinkRouteTable:
                     entries.setdefault(key, []).append(entry)
         if tracker is not None:
             tracker.reset(entries)
+        else:
+            self._ours6 = listed6
         return routes
 
     def _holders(self) -> dict[Key, list[Held]]:
@@ -264,22 +275,11 @@ class NetlinkRouteTable:
         """Who holds each route's destination at our metric: a ``Held``, ``None`` when
         nothing does as far as the lookup sees, ``_UNKNOWN`` when it cannot tell. One
         RTM_GETROUTE per route, many per ``send``."""
-        chan = self._chan
-        out = bytearray(BATCH_BYTES)
-        verdicts: list[Held | None] = []
-        start = 0
-        while start < len(routes):
-            chunk = routes[start : start + chan.batch_messages]
-            base = chan.next_seq(len(chunk))
-            count, length = rc.encode_lookups(
-                out, chunk, flags=rc.NLM_F_REQUEST, last_flags=rc.NLM_F_ACK, seq=base
-            )
-            replies: dict[int, rc.RouteMessage] = {}
-            results = chan.exchange(out, length, base, count, replies=replies)
-            for i in range(count):
-                verdicts.append(self._verdict(chunk[i], replies.get(i), results[i][0]))
-            start += count
-        return verdicts
+        answers = look_up(self._chan, [r.dst for r in routes])
+        return [
+            self._verdict(route, reply, err)
+            for route, (reply, err) in zip(routes, answers, strict=True)
+        ]
 
     def _verdict(self, route: Route, reply: rc.RouteMessage | None, err: int) -> Held | None:
         if reply is None:
@@ -315,7 +315,14 @@ class NetlinkRouteTable:
             added = self._add(plan.add)
             outcomes = self._delete(plan.delete) + replaced + added
             tracker = self._tracker
-            if tracker is not None:
+            if tracker is None:
+                for o in outcomes:
+                    if o.route.dst.version == 6 and o.ok:
+                        if o.op == "delete":
+                            self._ours6.discard(route_key(o.route))
+                        else:
+                            self._ours6.add(route_key(o.route))
+            else:
                 # adds found in place count as done: the view has them too
                 done = [o.route for o in outcomes if o.ok and o.op != "delete"]
                 tracker.note(rc.RTM_NEWROUTE, done, [0] * len(done))
