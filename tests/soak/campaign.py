@@ -1188,6 +1188,11 @@ class Campaign:
                     self.violate(
                         "daemon_memory_growth", f"{d.key}: {first:.1f} MB -> {last:.1f} MB"
                     )
+                    # where it grew: about 40 samples of that process (seconds, MB)
+                    step = max(1, len(longest) // 40)
+                    entry["series"] = [
+                        (round(t - t_start, 1), round(kb / 1024, 1)) for t, kb in longest[::step]
+                    ]
             out[d.key] = entry
         return out
 

@@ -40,6 +40,7 @@ from xcluster_cni_lib.sources.kube import (
     status_of,
 )
 from xcluster_cni_lib.support import jsonlog
+from xcluster_cni_lib.support.memory import release_free_memory
 
 __all__ = ["RESOURCES", "KubeNodeSource", "RequestTimeout"]
 
@@ -413,13 +414,18 @@ class KubeNodeSource:
         if self.lists:
             self.relists += 1
         self.lists += 1
+        listed = len(facts)
         sink.replace_all(facts)
+        del facts
+        # the pages and their parsed objects (2,000 nodes: ~15 MB) are garbage now; glibc
+        # would keep that peak until some later trim (docs/reliability.md, finding 8)
+        release_free_memory()
         if not self._suspect:
             self._set_healthy(sink, True)
         self.resource_version = rv
         log.info(
             f"{self.resource} listed",
-            **{self.resource: len(facts)},
+            **{self.resource: listed},
             resource_version=rv,
             relist=self.relists > 0,
             duration_s=round(time.monotonic() - started, 3),

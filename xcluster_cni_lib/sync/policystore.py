@@ -46,7 +46,6 @@ from xcluster_cni_lib.core.policyfacts import (
 )
 from xcluster_cni_lib.core.values import IPAddress
 from xcluster_cni_lib.support import jsonlog
-from xcluster_cni_lib.support.memory import release_free_memory
 
 log = jsonlog.get_logger(__name__)
 
@@ -151,8 +150,6 @@ class KindSink:
                 self.store.changed(EVERYTHING, "", None)
         for key in sorted(new_problems):
             log.warning("policy input skipped", problem=str(problems[key]))
-        del objects, items
-        release_free_memory()  # a list's pages and parsed objects, back to the system
         if changed:
             self.store.notify()
 
