@@ -5,10 +5,11 @@ The only module of the project that imports ``pyroute2``, and only to enter a na
 network namespace (``pyroute2.netns.setns``); everything on the wire goes through a
 plain ``AF_NETLINK`` socket with the ``struct`` codec of ``codec``.
 
-Entering a namespace is done in a short-lived helper thread: ``setns(2)`` only moves the
-calling thread, a socket stays in the namespace it was created in, and the thread ends
-right after, so nothing else in the process ever runs in the wrong namespace (no fork,
-unlike ``pyroute2.netns.create_socket``, which matters in a multi-threaded daemon).
+Entering a namespace is done in a short-lived helper thread (``run_in_netns``, which the
+other kernel modules use too): ``setns(2)`` only moves the calling thread, a socket stays
+in the namespace it was created in, and the thread ends right after, so nothing else in
+the process ever runs in the wrong namespace (no fork, unlike
+``pyroute2.netns.create_socket``, which matters in a multi-threaded daemon).
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import errno
 import os
 import socket
 import threading
-from collections.abc import Iterator
-from typing import Final
+from collections.abc import Callable, Iterator
+from typing import Final, TypeVar
 
 from xcluster_cni_lib.kernel import codec as rc
 from xcluster_cni_lib.support import jsonlog
 
 log = jsonlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 NETLINK_ROUTE: Final = 0
 SO_RCVBUFFORCE: Final = 33
@@ -62,37 +65,50 @@ def _new_socket(groups: int) -> socket.socket:
     return sock
 
 
+def run_in_netns(netns: str, fn: Callable[[], T], *, name: str) -> T:
+    """``fn()`` run in a fresh thread (called ``name``) that entered network namespace
+    ``netns`` (a name under /var/run/netns or a path); its result, or its exception (or
+    the one entering the namespace raised, FileNotFoundError when there is no such
+    namespace) raised again in the caller's thread.
+
+    The namespace is never created (``setns`` with flags=0), and only that thread ever
+    runs in it: it ends when ``fn`` returns, so what ``fn`` opened there (a socket, a
+    /proc/sys/net file) stays there while the rest of the process never moves."""
+    # imported here: pyroute2 costs ~0.1 s to import and is only needed to enter a namespace
+    from pyroute2 import netns as pyroute2_netns
+
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def enter_and_run() -> None:
+        try:
+            pyroute2_netns.setns(netns, flags=0)  # flags=0: never create it, only enter it
+            result.append(fn())
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    helper = threading.Thread(target=enter_and_run, name=name, daemon=True)
+    helper.start()
+    helper.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
 def open_socket(netns: str | None = None, *, groups: int = 0) -> socket.socket:
     """A NETLINK_ROUTE socket in namespace ``netns`` (a name under /var/run/netns or a
     path), subscribed to the multicast ``groups`` mask. The namespace must exist."""
     if netns is None:
         return _new_socket(groups)
-    # imported here: pyroute2 costs ~0.1 s to import and is only needed to enter a namespace
-    from pyroute2 import netns as pyroute2_netns
-
-    result: list[socket.socket] = []
-    failure: list[BaseException] = []
-
-    def enter_and_open() -> None:
-        try:
-            # flags=0: never create the namespace, only enter it
-            pyroute2_netns.setns(netns, flags=0)
-            result.append(_new_socket(groups))
-        except BaseException as exc:  # handed to the caller's thread
-            failure.append(exc)
-
-    helper = threading.Thread(target=enter_and_open, name=f"netns-socket-{netns}", daemon=True)
-    helper.start()
-    helper.join()
-    if failure:
-        exc = failure[0]
-        if isinstance(exc, FileNotFoundError):
-            raise NetlinkError(errno.ENOENT, f"network namespace {netns!r} does not exist")
+    try:
+        return run_in_netns(netns, lambda: _new_socket(groups), name=f"netns-socket-{netns}")
+    except FileNotFoundError:
+        raise NetlinkError(errno.ENOENT, f"network namespace {netns!r} does not exist") from None
+    except Exception as exc:
         raise NetlinkError(
             getattr(exc, "errno", None) or errno.EIO,
             f"cannot open a netlink socket in network namespace {netns!r}: {exc}",
         ) from exc
-    return result[0]
 
 
 def set_option(sock: socket.socket, level: int, option: int, value: int) -> bool:
@@ -144,6 +160,27 @@ class Channel:
 
     def close(self) -> None:
         self.sock.close()
+
+    def request(self, request: bytes, seq: int) -> list[tuple[memoryview, rc.Header]]:
+        """Send one request numbered ``seq``; its answers up to the ack or error (a plain
+        GET is answered by one message and no ack). Raises NetlinkError on an error
+        answer. Answers to earlier requests (other sequence numbers) are skipped."""
+        self.sock.send(request)
+        answers: list[tuple[memoryview, rc.Header]] = []
+        while True:
+            data = self.sock.recv(1 << 16)
+            view = memoryview(data)
+            for header in rc.iter_messages(view, len(data)):
+                if header.seq != seq:
+                    continue
+                if header.msg_type == rc.NLMSG_ERROR:
+                    ack = rc.parse_ack(view, header)
+                    if ack.error:
+                        raise NetlinkError(ack.error, ack.message or os.strerror(ack.error))
+                    return answers
+                answers.append((view, header))
+                if not header.flags & rc.NLM_F_ACK and header.msg_type != rc.NLMSG_DONE:
+                    return answers
 
     def dump(self, request: bytes, seq: int) -> Iterator[tuple[memoryview, rc.Header]]:
         """Send a dump request and yield its messages until NLMSG_DONE.

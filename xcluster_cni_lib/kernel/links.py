@@ -1,16 +1,21 @@
-"""Interfaces: their addresses and MTUs (not hot: read once at start or by a tool)."""
+"""Interfaces: one link by name (read, or its address and MTU set), and every
+interface's addresses and MTUs (not hot: read once at start or by a tool).
+
+Raw rtnetlink over a ``channel.Channel`` (``vxlancodec`` encodes the link requests and
+decodes a link of any kind); the caller owns the channel and serialises its use.
+"""
 
 from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import socket
 from typing import Final
 
 from xcluster_cni_lib.core.values import InterfaceAddress
 from xcluster_cni_lib.kernel import codec as rc
-from xcluster_cni_lib.kernel.channel import Channel
+from xcluster_cni_lib.kernel import vxlancodec as vc
+from xcluster_cni_lib.kernel.channel import Channel, NetlinkError
 from xcluster_cni_lib.kernel.dumps import packed_address
 
 _FAMILIES: Final = frozenset({socket.AF_INET, socket.AF_INET6})
@@ -28,26 +33,34 @@ def list_links(chan: Channel) -> dict[int, rc.LinkMessage]:
     return links
 
 
-def link_index(chan: Channel, name: str) -> int:
-    """The index of interface ``name`` (0: no such interface): one RTM_GETLINK by name,
-    answered by one message, instead of a dump of every link."""
-    from xcluster_cni_lib.kernel import vxlancodec
-
+def get_link(chan: Channel, name: str) -> vc.VxlanLink | None:
+    """The link called ``name`` (any kind; the vxlan fields are set for a vxlan link), or
+    None when there is none: one RTM_GETLINK by name, answered by one message, instead
+    of a dump of every link. Raises NetlinkError on any other error."""
     seq = chan.next_seq()
-    chan.sock.send(vxlancodec.link_get_request(name, seq=seq))
-    while True:
-        data = chan.sock.recv(1 << 16)
-        view = memoryview(data)
-        for header in rc.iter_messages(view, len(data)):
-            if header.seq != seq:
-                continue  # a late answer to an earlier request
-            if header.msg_type == rc.NLMSG_ERROR:
-                error = rc.parse_ack(view, header).error
-                if error in (errno.ENODEV, errno.ENOENT):
-                    return 0
-                raise OSError(error, os.strerror(error))
-            if header.msg_type == rc.RTM_NEWLINK:
-                return rc.parse_link(view, header).ifindex
+    try:
+        answers = chan.request(vc.link_get_request(name, seq=seq), seq)
+    except NetlinkError as e:
+        if e.errno in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise
+    for view, header in answers:
+        if header.msg_type == rc.RTM_NEWLINK:
+            return vc.parse_vxlan_link(view, header)
+    return None
+
+
+def link_index(chan: Channel, name: str) -> int:
+    """The index of interface ``name`` (0: no such interface)."""
+    link = get_link(chan, name)
+    return 0 if link is None else link.ifindex
+
+
+def set_link(chan: Channel, ifindex: int, *, mac: str, mtu: int) -> None:
+    """Set link ``ifindex``'s address and MTU and bring it up, in place (any kind of
+    link). Raises NetlinkError when the kernel refuses."""
+    seq = chan.next_seq()
+    chan.request(vc.link_set_request(seq=seq, ifindex=ifindex, mac=mac, mtu=mtu), seq)
 
 
 def list_interface_addresses(netns: str | None = None) -> list[InterfaceAddress]:

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable, Container
 from typing import Final
 
+from xcluster_cni_lib.kernel.channel import run_in_netns
 from xcluster_cni_lib.support import jsonlog
 
 log = jsonlog.get_logger(__name__)
@@ -89,24 +90,8 @@ def open_socket(netns: str | None = None) -> socket.socket:
 
     if netns is None:
         return make()
-    result: list[socket.socket] = []
-    failure: list[BaseException] = []
-
-    def enter_and_open() -> None:
-        try:
-            from pyroute2 import netns as pyroute2_netns
-
-            pyroute2_netns.setns(netns, flags=0)  # never create it, only enter it
-            result.append(make())
-        except BaseException as e:  # reported to the caller
-            failure.append(e)
-
-    thread = threading.Thread(target=enter_and_open, name=f"nftevents-{netns}")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
+    # errors as they are (FileNotFoundError: no such namespace)
+    return run_in_netns(netns, make, name=f"nftevents-{netns}")
 
 
 class NftTableEvents:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import threading
 
-from xcluster_cni_lib.kernel.vxlan import VxlanKernel
+from xcluster_cni_lib.kernel.channel import Channel, run_in_netns
+from xcluster_cni_lib.kernel.links import get_link, set_link
 from xcluster_cni_lib.support import jsonlog
 
 log = jsonlog.get_logger(__name__)
@@ -41,21 +42,10 @@ def bridge_nf_calls(netns: str | None = None) -> bool:
 
     if netns is None:
         return read()
-    result: list[bool] = []
-
-    def in_netns() -> None:  # /proc/sys/net is the opening thread's namespace
-        from pyroute2 import netns as pyroute2_netns
-
-        try:
-            pyroute2_netns.setns(netns, flags=0)
-            result.append(read())
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=in_netns, name=f"brnf-{netns}")
-    thread.start()
-    thread.join()
-    return bool(result and result[0])
+    try:  # /proc/sys/net is the opening thread's namespace
+        return run_in_netns(netns, read, name=f"brnf-{netns}")
+    except OSError:  # no such namespace
+        return False
 
 
 class PodBridge:
@@ -64,17 +54,20 @@ class PodBridge:
     def __init__(self, name: str, *, netns: str | None = None) -> None:
         self.name = name
         self.netns = netns
-        self._kernel = VxlanKernel(netns, monitor=False)
+        self._chan = Channel(netns)
+        self._lock = threading.Lock()  # one request at a time on the channel
         self._pinned: int | None = None
 
     def mac(self) -> str | None:
         """The bridge's address, or None when there is no such link (yet)."""
-        link = self._kernel.link(self.name)
+        with self._lock:
+            link = get_link(self._chan, self.name)
         if link is None or not link.mac:
             return None
         if link.ifindex != self._pinned:
             try:
-                self._kernel.set_link(link.ifindex, mac=link.mac, mtu=link.mtu)
+                with self._lock:
+                    set_link(self._chan, link.ifindex, mac=link.mac, mtu=link.mtu)
             except Exception as e:  # never stops policy: the address may then change
                 log.warning("pod bridge address not pinned", bridge=self.name, error=str(e))
             self._no_redirects()
@@ -99,4 +92,4 @@ class PodBridge:
         return bridge_nf_calls(self.netns)
 
     def close(self) -> None:
-        self._kernel.close()
+        self._chan.close()

@@ -4,7 +4,8 @@ and a monitor of the events that concern them (the self-heal trigger).
 Raw rtnetlink like the route table (``channel`` + ``vxlancodec``): the nested
 ``IFLA_LINKINFO`` of a vxlan link is a few ``struct.pack`` calls, so ``pyroute2`` is
 not needed here; a named namespace is entered only to open the socket
-(``channel.open_socket``: a short-lived thread, no fork).
+(``channel.open_socket``: a short-lived thread, no fork). Reading and setting a plain
+link by name or index is ``links``'s (``get_link``, ``set_link``).
 
 Ownership: the device named in the settings is ours, and so is every *permanent*
 neighbour entry (``AF_INET``/``AF_INET6``) and every FDB entry (``AF_BRIDGE``,
@@ -18,10 +19,10 @@ compared and replaced).
 from __future__ import annotations
 
 import errno
-import os
 import select
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Final
 
 from xcluster_cni_lib.core.overlay import (
@@ -48,7 +49,7 @@ from xcluster_cni_lib.kernel.channel import (
     open_socket,
 )
 from xcluster_cni_lib.kernel.dumps import packed_address
-from xcluster_cni_lib.kernel.links import list_interface_addresses
+from xcluster_cni_lib.kernel.links import get_link, list_interface_addresses, set_link
 from xcluster_cni_lib.support import jsonlog
 
 log = jsonlog.get_logger(__name__)
@@ -61,6 +62,15 @@ _FAMILIES: Final = (rc.AF_INET, rc.AF_INET6)
 class OverlayKernelError(Exception):
     """The device cannot be made as wanted (no interface holds the underlay address,
     another kind of link has the name, the kernel refused); the message says why."""
+
+
+@contextmanager
+def _overlay_errors() -> Iterator[None]:
+    """A kernel refusal (NetlinkError) as an OverlayKernelError with the kernel's reason."""
+    try:
+        yield
+    except NetlinkError as e:
+        raise OverlayKernelError(f"{e.strerror}") from e
 
 
 def _is_permanent(state: int) -> bool:
@@ -90,42 +100,10 @@ class VxlanKernel:
 
     # -- the device ------------------------------------------------------------------------
 
-    def _request(self, request: bytes, seq: int) -> list[tuple[memoryview, rc.Header]]:
-        """Send one request; the answers with its sequence number up to the ack/error.
-        Raises NetlinkError on an error answer."""
-        chan = self._chan
-        chan.sock.send(request)
-        answers: list[tuple[memoryview, rc.Header]] = []
-        while True:
-            data = chan.sock.recv(1 << 16)
-            view = memoryview(data)
-            for header in rc.iter_messages(view, len(data)):
-                if header.seq != seq:
-                    continue
-                if header.msg_type == rc.NLMSG_ERROR:
-                    ack = rc.parse_ack(view, header)
-                    if ack.error:
-                        raise NetlinkError(ack.error, ack.message or os.strerror(ack.error))
-                    return answers
-                answers.append((view, header))
-                if not header.flags & rc.NLM_F_ACK and header.msg_type != rc.NLMSG_DONE:
-                    # a plain GET is answered by one message and no ack
-                    return answers
-
     def link(self, name: str) -> vc.VxlanLink | None:
-        """The link called ``name`` (any kind), or None."""
+        """The link called ``name`` (any kind), or None (``links.get_link``)."""
         with self._lock:
-            seq = self._chan.next_seq()
-            try:
-                answers = self._request(vc.link_get_request(name, seq=seq), seq)
-            except NetlinkError as e:
-                if e.errno in (errno.ENODEV, errno.ENOENT):
-                    return None
-                raise
-        for view, header in answers:
-            if header.msg_type == rc.RTM_NEWLINK:
-                return vc.parse_vxlan_link(view, header)
-        return None
+            return get_link(self._chan, name)
 
     def underlay(self, local: IPAddress) -> tuple[str, int, int]:
         """(name, index, MTU) of the interface holding ``local``. Raises
@@ -179,11 +157,7 @@ class VxlanKernel:
                     return DeviceOutcome(
                         "unchanged", current.ifindex, lower_name, lower_index, mtu, lower_mtu
                     )
-                self._simple(
-                    lambda seq: vc.link_set_request(
-                        seq=seq, ifindex=current.ifindex, mac=want.mac, mtu=mtu
-                    )
-                )
+                self.set_link(current.ifindex, mac=want.mac, mtu=mtu)
                 return DeviceOutcome(
                     "updated", current.ifindex, lower_name, lower_index, mtu, lower_mtu
                 )
@@ -220,17 +194,16 @@ class VxlanKernel:
         return True
 
     def set_link(self, ifindex: int, *, mac: str, mtu: int) -> None:
-        """Set a link's address and MTU and bring it up (any kind of link: the policy
-        agent pins the pods' bridge's address this way). Raises OverlayKernelError."""
-        self._simple(lambda seq: vc.link_set_request(seq=seq, ifindex=ifindex, mac=mac, mtu=mtu))
+        """Set a link's address and MTU and bring it up (any kind of link;
+        ``links.set_link`` under this kernel's lock). Raises OverlayKernelError."""
+        with self._lock, _overlay_errors():
+            set_link(self._chan, ifindex, mac=mac, mtu=mtu)
 
     def _simple(self, make: Callable[[int], bytes]) -> None:
-        with self._lock:
+        """Send the request ``make(seq)`` and wait for its ack. Raises OverlayKernelError."""
+        with self._lock, _overlay_errors():
             seq = self._chan.next_seq()
-            try:
-                self._request(make(seq), seq)
-            except NetlinkError as e:
-                raise OverlayKernelError(f"{e.strerror}") from e
+            self._chan.request(make(seq), seq)
 
     # -- entries ---------------------------------------------------------------------------
 
