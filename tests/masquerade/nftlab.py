@@ -14,7 +14,7 @@ from typing import Any
 
 from xcluster_cni_lib.core import masquerade as m
 from xcluster_cni_lib.core.values import NodeFacts
-from xcluster_cni_lib.kernel.nftables import Nft, NftMonitor
+from xcluster_cni_lib.kernel.nftables import Nft
 from xcluster_cni_lib.sync.nodecache import NodeCache
 from xcluster_cni_lib.testing.netns import run_in
 from xcluster_cni_lib.testing.nodes import default_internal_ips, default_pod_cidrs
@@ -158,14 +158,3 @@ def running(*targets: Callable[[threading.Event], None]) -> Iterator[threading.E
         for t in threads:
             t.join(timeout=5)
         assert not any(t.is_alive() for t in threads), "a thread did not stop"
-
-
-def wait_listening(monitor: NftMonitor, ns: str) -> None:
-    """Wait until ``monitor``'s ``nft monitor`` reports events (of a probe table)."""
-
-    def seen() -> bool:
-        run_in(ns, ["nft", "add", "table", "inet", "xcprobe"])
-        run_in(ns, ["nft", "delete", "table", "inet", "xcprobe"])
-        return monitor.seen > 0
-
-    wait_for(seen, what="nft monitor to listen")

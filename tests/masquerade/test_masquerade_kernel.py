@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import signal
-import subprocess
 import threading
 from collections.abc import Iterator
 
@@ -24,12 +21,12 @@ from tests.masquerade.nftlab import (
     ruleset_without,
     running,
     wait_for,
-    wait_listening,
 )
 from xcluster_cni_lib.core import masquerade as m
 from xcluster_cni_lib.core.nodes import parse_facts
 from xcluster_cni_lib.core.values import NodeNetwork
-from xcluster_cni_lib.kernel.nftables import Nft, NftError, NftMonitor
+from xcluster_cni_lib.kernel.nftables import Nft, NftError
+from xcluster_cni_lib.kernel.nftevents import NftTableEvents
 from xcluster_cni_lib.sync.masquerade import MasqueradeReconciler
 from xcluster_cni_lib.sync.metrics import DaemonMetrics
 from xcluster_cni_lib.sync.nodecache import NodeCache
@@ -101,42 +98,24 @@ def test_apply_refuses_other_tables(nft: Nft, netns: str) -> None:
     assert ruleset_without(netns) == before
 
 
-def test_monitor_reports_our_table_only(nft: Nft, netns: str) -> None:
-    monitor = NftMonitor(TABLE, netns=netns)
+def test_table_events_report_our_table_only_and_not_our_own_writes(nft: Nft, netns: str) -> None:
+    """The daemon's kernel monitor (nf_tables notifications): another table's changes
+    wake nobody, nor do our own transactions (told by the nft process id); someone
+    else's change to our table does."""
+    monitor = NftTableEvents(TABLE, own_pids=nft.started, netns=netns)
     calls: list[int] = []
     try:
         with running(lambda stop: monitor.run(lambda: calls.append(1), stop)):
-            wait_listening(monitor, netns)
             foreign_tables(netns)
             run_in(netns, ["nft", "flush", "set", "inet", "filter", "allowed"])
-            assert calls == [] and monitor.events == 0
             nft.apply(m.table_document(TABLE, m.MasqueradeSets.of(cluster=NON_MASQ)))
-            wait_for(lambda: monitor.events >= 1, what="events of our table")
-            calls.clear()
+            wait_for(lambda: monitor.echoes >= 1, what="the echo of our own write")
+            assert calls == [] and monitor.events == 0
             run_in(netns, ["nft", "delete", "table", "inet", TABLE])
             wait_for(lambda: bool(calls), what="the delete to be reported")
+            assert monitor.events >= 1
     finally:
         monitor.close()
-
-
-def test_monitor_restarts_nft_monitor_and_reports(netns: str) -> None:
-    monitor = NftMonitor(TABLE, netns=netns)
-    calls: list[int] = []
-    try:
-        with running(lambda stop: monitor.run(lambda: calls.append(1), stop)):
-            wait_listening(monitor, netns)
-            pid = monitor.pid
-            assert pid is not None and calls == []
-            os.kill(pid, signal.SIGKILL)
-            wait_for(lambda: monitor.restarts == 1 and calls == [1], what="a restart")
-            wait_for(lambda: monitor.pid not in (None, pid), what="the new nft monitor")
-        assert monitor.pid is None  # stopped: no child left
-        assert subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0
-    finally:
-        monitor.close()
-
-
-# -- the reconciler ----------------------------------------------------------------------
 
 
 def test_creates_the_table_with_the_sets(nft: Nft, netns: str) -> None:
@@ -245,7 +224,7 @@ def test_tampering_is_repaired_within_one_second(nft: Nft, netns: str, how: str)
     cache = filled_cache(range(6))
     metrics = DaemonMetrics()
     r = reconciler(cache, nft, resync_interval=3600.0, metrics=metrics)
-    monitor = NftMonitor(TABLE, nft=nft)
+    monitor = NftTableEvents(TABLE, own_pids=nft.started, netns=netns)
     want = desired(cache)
 
     def intact() -> bool:
@@ -253,16 +232,14 @@ def test_tampering_is_repaired_within_one_second(nft: Nft, netns: str, how: str)
         return state is not None and state.intact and state.sets == want
 
     try:
-        with running(lambda stop: monitor.run(r.notify_kernel, stop)):
-            wait_listening(monitor, netns)
-            with running(r.run):
-                wait_for(intact, what="the table")
-                command = [
-                    a.replace("{ip6}", str(handle_of_rule(netns, "ip6"))) for a in TAMPERING[how]
-                ]
-                run_in(netns, ["nft", *command])
-                took = wait_for(intact, timeout=1.0, what=f"repair after {how}")
-                wait_for(lambda: r.restores == 1, timeout=1.0, what="the restore to be counted")
+        with running(lambda stop: monitor.run(r.notify_kernel, stop)), running(r.run):
+            wait_for(intact, what="the table")
+            command = [
+                a.replace("{ip6}", str(handle_of_rule(netns, "ip6"))) for a in TAMPERING[how]
+            ]
+            run_in(netns, ["nft", *command])
+            took = wait_for(intact, timeout=1.0, what=f"repair after {how}")
+            wait_for(lambda: r.restores == 1, timeout=1.0, what="the restore to be counted")
     finally:
         monitor.close()
     assert took < 1.0
@@ -303,25 +280,22 @@ def test_own_updates_wake_no_full_compare_but_others_do(netns: str) -> None:
     with Nft(netns=netns) as nft:
         r = reconciler(cache, nft, resync_interval=3600.0, coalesce=0.0)
         cache.subscribe(r.notify)
-        monitor = NftMonitor(TABLE, nft=nft)
+        monitor = NftTableEvents(TABLE, own_pids=nft.started, netns=netns)
         try:
-            with running(lambda stop: monitor.run(r.notify_kernel, stop)):
-                wait_listening(monitor, netns)
-                with running(r.run):
-                    wait_for(lambda: r.ready, what="the first reconcile")
-                    # the table's creation is checked once (its events are not echoes)
-                    wait_for(lambda: monitor.events > 0)
-                    wait_for(lambda: not r.pending and r.full_syncs >= 2)
-                    fulls = r.full_syncs
-                    for i in range(10, 20):
-                        cache.upsert(facts(i))
-                        wait_for(lambda: read_state(netns).sets == desired(cache))  # type: ignore[union-attr]
-                    wait_for(lambda: monitor.echoes >= 10, what="the echoes")
-                    assert r.full_syncs == fulls
-                    assert len(nft.echoes) == 0
-                    run_in(netns, ["nft", "flush", "set", "inet", TABLE, "cluster6"])
-                    wait_for(lambda: r.full_syncs > fulls, timeout=1.0, what="a full compare")
-                    wait_for(lambda: read_state(netns).sets == desired(cache), timeout=1.0)  # type: ignore[union-attr]
+            # the monitor first (its socket is subscribed already), then the reconciler
+            with running(lambda stop: monitor.run(r.notify_kernel, stop)), running(r.run):
+                wait_for(lambda: r.ready, what="the first reconcile")
+                wait_for(lambda: not r.pending)
+                fulls = r.full_syncs
+                echoes = monitor.echoes
+                for i in range(10, 20):
+                    cache.upsert(facts(i))
+                    wait_for(lambda: read_state(netns).sets == desired(cache))  # type: ignore[union-attr]
+                wait_for(lambda: monitor.echoes >= echoes + 10, what="the echoes")
+                assert r.full_syncs == fulls and monitor.events == 0
+                run_in(netns, ["nft", "flush", "set", "inet", TABLE, "cluster6"])
+                wait_for(lambda: r.full_syncs > fulls, timeout=1.0, what="a full compare")
+                wait_for(lambda: read_state(netns).sets == desired(cache), timeout=1.0)  # type: ignore[union-attr]
         finally:
             monitor.close()
 

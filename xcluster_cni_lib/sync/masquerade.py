@@ -123,7 +123,7 @@ class MasqueradeReconciler(TableLoop):
     ``node_name``/``machine_id`` identify the own node (``core.ownnode``), whose pod
     CIDRs are masqueraded; ``non_masquerade`` are destinations that keep the pod's
     address besides every node's pod CIDRs. Subscribe :meth:`notify` to the cache and give
-    :meth:`notify_kernel` to an ``NftMonitor`` of :attr:`table`; run :meth:`run` (the
+    :meth:`notify_kernel` to an ``NftTableEvents`` of :attr:`table`; run :meth:`run` (the
     shared ``ReconcileLoop``: fully at once, every ``resync_interval`` and after a kernel
     notification; incrementally on node notifications, coalesced; a failed reconcile is
     retried fully with backoff; after ``max_failures`` in a row it returns) in a thread

@@ -13,7 +13,7 @@
   peer class, or a new bridge address, rewrites both tables atomically
   (``table_document``).
 - **Self-healing.** A full reconcile (at start, every resync interval, and at once when
-  the ``NftMonitor`` of the table reports a change) lists both tables back and compares
+  the ``NftTableEvents`` of the tables report a change) lists both tables back and compares
   them with what is wanted: missing or foreign elements are put right element by element
   (``repair_document``), anything else rewrites the tables.
 
