@@ -137,6 +137,9 @@ def test_tables_follow_pods_namespaces_and_policies(
     # a pod that appears with an address a policy selects is isolated
     cluster.add_pod(make_pod("web2", "shop", node="n1", ips=["10.244.1.7"], labels={"app": "web"}))
     wait_for(lambda: _has(ns, "ingress4", "10.244.1.7"), what="new pod isolated")
+    # the gauges: two local pods policed (web, web2), by the one policy selecting them
+    wait_for(lambda: metric(http_get(daemon, "/metrics")[1], "xcluster_policy_pods") == 2.0)
+    assert metric(http_get(daemon, "/metrics")[1], "xcluster_policy_policies") == 1.0
     # a deleted policy isolates nobody
     cluster.delete_network_policy("shop", "web-from-client")
     wait_for(lambda: _elements(ns, "ingress4") == set(), what="nobody isolated")
@@ -145,6 +148,7 @@ def test_tables_follow_pods_namespaces_and_policies(
     assert daemon.policy.full_syncs == full_before
     # the gauges follow right after the transaction
     wait_for(lambda: metric(http_get(daemon, "/metrics")[1], "xcluster_policy_pods") == 0.0)
+    assert metric(http_get(daemon, "/metrics")[1], "xcluster_policy_policies") == 0.0
     status, body = http_get(daemon, "/metrics")
     assert metric(body, 'xcluster_policy_objects{kind="pods"}') == 6.0
     assert metric(body, "xcluster_policy_syncs_total" + '{result="ok"}') >= 1

@@ -36,6 +36,8 @@ class NodeScope:
     node: str
     policies: tuple[tuple[PolicyFacts, tuple[tuple[Rule, bool], ...]], ...] = ()
     owners: Mapping[IPAddress, PodFacts] = attrs.field(factory=dict)
+    #: the node's pods that policies can see (with addresses, not hostNetwork)
+    local: tuple[PodFacts, ...] = ()
 
     def pod_matters(self, view: PolicyView, pod: PodFacts | None) -> bool:
         """Whether ``pod`` (a version of it: before or after a change) can change the
@@ -74,4 +76,6 @@ def node_scope(view: PolicyView, node: str) -> NodeScope:
             rules = ((r, False) for r in (q.ingress if q.ingress_policy else ()))
             more = ((r, True) for r in (q.egress if q.egress_policy else ()))
             policies.append((q, (*rules, *more)))
-    return NodeScope(node=node, policies=tuple(policies), owners=view.pod_by_ip())
+    return NodeScope(
+        node=node, policies=tuple(policies), owners=view.pod_by_ip(), local=tuple(local)
+    )

@@ -30,7 +30,6 @@ from typing import Any, Protocol
 import attrs
 from prometheus_client import Counter, Gauge, Histogram
 
-from xcluster_cni_lib.core.policy import selects
 from xcluster_cni_lib.core.policyfacts import PolicyView
 from xcluster_cni_lib.core.policynft import (
     BRIDGE,
@@ -413,14 +412,14 @@ class PolicyReconciler(TableLoop):
         self, result: PolicyResult, view: PolicyView | None, *, quiet: bool = False
     ) -> PolicyResult:
         self.syncs += 1
-        if view is not None:
+        scope = self._scope
+        if view is not None and scope is not None:  # the scope of this view (``_desired``)
             self._mark_applied(self._generation)
-            local = [p for p in view.pods if p.node == self.node_name]
             policed = self._installed.policed if self._installed is not None else frozenset()
             result = attrs.evolve(
                 result,
-                pods=sum(1 for p in local if any(a in policed for a in p.ips)),
-                policies=sum(1 for q in view.policies if any(selects(q, p) for p in local)),
+                pods=sum(1 for p in scope.local if any(a in policed for a in p.ips)),
+                policies=len(scope.policies),
             )
             self.first_sync_done = True
         self.last_result = result
