@@ -591,6 +591,14 @@ def child_main(run: Callable[[Json], Json]) -> None:
     Path(ns.out).write_text(json.dumps(result))
 
 
+def emit(result: Json, path: str | None) -> None:
+    """A bench's result: JSON on stdout, and in ``path`` when given (``--json``)."""
+    text = json.dumps(result, indent=1)
+    print(text)
+    if path:
+        Path(path).write_text(text + "\n")
+
+
 def progress(message: str, *, stream: TextIO = sys.stderr) -> None:
     """One progress line on stderr (the table goes to stdout)."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=stream, flush=True)

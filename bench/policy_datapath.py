@@ -76,7 +76,7 @@ from typing import Any
 import attrs
 
 from bench import policy_cluster as pc
-from bench.common import die_with_parent, percentile, stop_process
+from bench.common import die_with_parent, emit, percentile, stop_process
 from xcluster_cni_lib.core import policynft
 from xcluster_cni_lib.testing.netns import netns, run_in
 
@@ -642,11 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ),
                 file=sys.stderr,
             )
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
+    emit(result, args.json)
     return 0
 
 

@@ -20,7 +20,6 @@ Target: policy on at most 30 MB above policy off. Needs root, iproute2 and nft.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -39,6 +38,7 @@ from bench.common import (
     child_main,
     count_routes,
     daemon_process,
+    emit,
     free_port,
     memory_kb,
     progress,
@@ -188,10 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         f"+{result['hwm_difference_mib']} MiB",
         file=sys.stderr,
     )
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(result, args.json)
     return 0
 
 

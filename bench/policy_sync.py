@@ -66,6 +66,7 @@ from bench.common import (
     RESULTS,
     child_main,
     daemon_process,
+    emit,
     free_port,
     memory_kb,
     progress,
@@ -509,10 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         f"pod start p50 {st['p50']} ms p99 {st['p99']} ms",
         file=sys.stderr,
     )
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(result, args.json)
     return 0
 
 
