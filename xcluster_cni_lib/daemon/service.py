@@ -488,6 +488,10 @@ class Daemon:
                 "policy-monitor",
                 lambda: policy_monitor.run(policy.notify_kernel, self.stop_event),
             )
+            if policy.bridge is not None and policy.same_node == "br-netfilter":
+                self._spawn(
+                    "policy-bridge-hooks", lambda: policy.follow_bridge_hooks(self.stop_event)
+                )
             for kind, source in self.policy_sources.items():
                 self._spawn(
                     f"policy-{kind}",

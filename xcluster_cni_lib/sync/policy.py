@@ -54,6 +54,9 @@ from xcluster_cni_lib.sync.policystore import PolicyStore
 
 log = jsonlog.get_logger(__name__)
 
+#: Seconds between two reads of the bridge hooks' sysctls (``POLICY_SAME_NODE=br-netfilter``).
+HOOKS_POLL = 1.0
+
 
 class PolicyNft(Protocol):
     """What the reconciler needs of nftables (``kernel.nftables.Nft``)."""
@@ -292,6 +295,21 @@ class PolicyReconciler(TableLoop):
             if self._br_netfilter:
                 return None
         return self.bridge.mac()
+
+    def follow_bridge_hooks(self, stop: threading.Event, *, interval: float = HOOKS_POLL) -> None:
+        """With ``same_node`` br-netfilter: read whether bridged frames pass the IP hooks
+        every ``interval`` seconds, and reconcile fully at once when that changed. Turned
+        off, the node would bridge policed pods' frames unjudged until the redirect is
+        back: this bounds that to about ``interval`` instead of the resync interval. No
+        event tells of a sysctl change, so it polls (two small reads). Returns when
+        ``stop`` is set; at once when there is nothing to follow."""
+        bridge = self.bridge
+        if bridge is None or self.same_node != "br-netfilter":
+            return
+        while not stop.wait(interval):
+            known = self._br_netfilter
+            if known is not None and bridge.br_netfilter() != known:
+                self.notify_kernel()
 
     def _failed(self, e: Exception) -> None:
         self.last_error = f"{type(e).__name__}: {e}"
