@@ -71,6 +71,7 @@ def test_sigterm_stops_within_2s_and_leaves_the_routes(netns: str, tmp_path: Any
     assert all({"time", "level", "msg"} <= line.keys() for line in lines)
     start = next(line for line in lines if line["msg"] == "starting")
     assert (start["protocol"], start["nodes_file"], start["node_name"]) == (202, path, "n0")
+    assert start["allocator"] == "pymalloc"  # without NetworkPolicy: Python's own
     assert any(line["msg"] == "sync" and line["added"] == 4 for line in lines)
     assert lines[-1]["msg"] == "stopped; routes left in place"
 
@@ -95,3 +96,55 @@ def test_an_invalid_setting_stops_start_up_naming_it() -> None:
     assert proc.returncode == 1
     [line] = proc.stderr.splitlines()
     assert json.loads(line)["variable"] in ("PROTOCOL", "HTTP_ADDRESS")
+
+
+def test_the_policy_agent_runs_on_the_c_allocator_unless_told_otherwise(
+    netns: str, tmp_path: Any
+) -> None:
+    """With NETWORK_POLICY the daemon starts itself again (same process) with
+    PYTHONMALLOC=malloc, whose freed pages it can give back; an allocator the
+    environment chose is kept."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    base = {
+        "PATH": os.environ["PATH"],
+        "KUBECONFIG": str(kubeconfig),
+        "NODE_NAME": "n0",
+        "NETWORK_POLICY": "true",
+        "HTTP_ADDRESS": "127.0.0.1:0",
+    }
+    for extra, allocator in (({}, "malloc"), ({"PYTHONMALLOC": "pymalloc"}, "pymalloc")):
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns, CLI, "daemon"],
+            env={**base, **extra},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stderr is not None
+            line = proc.stderr.readline()  # the first line is "starting" (after the exec)
+            start = json.loads(line)
+            assert start["msg"] == "starting", line
+            assert start["allocator"] == allocator
+            with open(f"/proc/{proc.pid}/environ", "rb") as f:  # the same process
+                environ = f.read().split(b"\0")
+            assert f"PYTHONMALLOC={allocator}".encode() in environ
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -304,6 +304,8 @@ def _segments(
         for index, on in events.get(start, ()):
             (active.add if on else active.discard)(index)
         end = bounds[i + 1] - 1 if i + 1 < len(bounds) else top
+        if end == start:
+            end = start  # one int for both ends: most segments are a single pod address
         if not active:
             continue
         signature = _signature(

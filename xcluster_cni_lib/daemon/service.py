@@ -19,6 +19,7 @@ is therefore picked up within one resync interval.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -36,7 +37,7 @@ from xcluster_cni_lib.daemon.config import DaemonConfig, format_address
 from xcluster_cni_lib.daemon.http import StatusServer
 from xcluster_cni_lib.daemon.ownnode import NodesFileOwnNode, OwnNode, node_selector
 from xcluster_cni_lib.support import jsonlog
-from xcluster_cni_lib.support.memory import limit_arenas
+from xcluster_cni_lib.support.memory import ALLOCATOR_ENV, limit_arenas
 from xcluster_cni_lib.sync.metrics import DaemonMetrics
 from xcluster_cni_lib.sync.nodecache import NodeCache
 from xcluster_cni_lib.sync.reconciler import Reconciler
@@ -457,7 +458,12 @@ class Daemon:
     def start(self) -> None:
         """Start every thread (and the HTTP server); returns at once."""
         limit_arenas()  # before the threads: their freed memory then stays reusable
-        log.info("starting", version=_version(), **self.config.to_log())
+        log.info(
+            "starting",
+            version=_version(),
+            allocator=os.environ.get(ALLOCATOR_ENV, "pymalloc"),
+            **self.config.to_log(),
+        )
         for warning in self.config.warnings:
             log.warning(warning)
         if self.ipam is not None:  # first: a socket it cannot take fails the start cleanly

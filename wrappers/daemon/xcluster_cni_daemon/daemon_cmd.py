@@ -33,6 +33,7 @@ def main(args: argparse.Namespace) -> int:
     """Run the daemon with ``args`` (parsed flags) over the environment."""
     from xcluster_cni_lib.daemon import service as daemon
     from xcluster_cni_lib.support import jsonlog
+    from xcluster_cni_lib.support.memory import restart_with_c_malloc
 
     flags = {name: getattr(args, name, None) for name in SETTINGS}
     try:
@@ -44,6 +45,10 @@ def main(args: argparse.Namespace) -> int:
         )
         return 1
 
+    if config.network_policy:
+        # the policy agent's compiles fragment pymalloc's arenas: objects go to the C
+        # allocator instead, whose freed pages the agent gives back (docs/daemon.md)
+        restart_with_c_malloc()
     jsonlog.setup(config.log_level)
     try:
         return daemon.run(config)
