@@ -37,7 +37,7 @@ from xcluster_cni_lib.daemon.config import DaemonConfig, format_address
 from xcluster_cni_lib.daemon.http import StatusServer
 from xcluster_cni_lib.daemon.ownnode import NodesFileOwnNode, OwnNode, node_selector
 from xcluster_cni_lib.support import jsonlog
-from xcluster_cni_lib.support.memory import ALLOCATOR_ENV, limit_arenas
+from xcluster_cni_lib.support.memory import ALLOCATOR_ENV, limit_arenas, map_large_blocks
 from xcluster_cni_lib.sync.metrics import DaemonMetrics
 from xcluster_cni_lib.sync.nodecache import NodeCache
 from xcluster_cni_lib.sync.reconciler import Reconciler
@@ -458,6 +458,7 @@ class Daemon:
     def start(self) -> None:
         """Start every thread (and the HTTP server); returns at once."""
         limit_arenas()  # before the threads: their freed memory then stays reusable
+        map_large_blocks()  # LIST pages and nft documents unmapped when freed
         log.info(
             "starting",
             version=_version(),

@@ -34,6 +34,11 @@ ALLOCATOR_ENV = "PYTHONMALLOC"
 M_ARENA_MAX = -8
 #: Arenas the daemon allows: its threads mostly wait; two keep contention low.
 DEFAULT_ARENAS = 2
+#: ``mallopt``'s parameter number for the size from which blocks are mapped on their own.
+M_MMAP_THRESHOLD = -3
+#: Blocks from this size get their own mapping, unmapped when freed (glibc's initial
+#: value, which it would otherwise raise after each large free, up to 32 MiB).
+MMAP_THRESHOLD = 128 * 1024
 
 
 @functools.cache
@@ -66,6 +71,18 @@ def limit_arenas(arenas: int = DEFAULT_ARENAS) -> bool:
     return bool(libc.mallopt(M_ARENA_MAX, arenas))
 
 
+def map_large_blocks(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Keep glibc from raising its mmap threshold (call before starting threads); false
+    where it cannot. glibc raises the threshold to the size of each large block freed,
+    so after the first LIST the pages of every later one (megabytes) come from the heap,
+    among long-lived objects, and leave holes there; with a fixed threshold each large
+    block is unmapped when freed. An explicit ``MALLOC_MMAP_THRESHOLD_`` wins."""
+    libc = _libc()
+    if libc is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+
+
 def release_free_memory() -> bool:
     """Return the C allocator's free memory to the system; false where it cannot."""
     trim = _trim()
@@ -87,7 +104,7 @@ def restart_with_c_malloc() -> None:
     no ``malloc_trim`` reaches them. With the C allocator, ``release_free_memory`` gives
     the freed pages back: the agent with 10,000 pods held +24.0 MiB over policy off
     instead of +32.1 MiB (docs/performance.md, 6d), its first sync no slower."""
-    if ALLOCATOR_ENV in os.environ or _libc() is None:
+    if ALLOCATOR_ENV in os.environ or _libc() is None or not sys.executable:
         return
     env = dict(os.environ)
     env[ALLOCATOR_ENV] = "malloc"
