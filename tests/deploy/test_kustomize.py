@@ -379,13 +379,18 @@ def test_network_policy_adds_exactly_its_env_and_rbac(
     base = _by_key(rendered["base"])
     variant = _by_key(rendered["overlays/network-policy"])
     assert variant.keys() == base.keys()
-    # the DaemonSet: NETWORK_POLICY=true on the daemon, nothing else
+    # the DaemonSet: NETWORK_POLICY=true and POLICY_SAME_NODE=br-netfilter on the daemon,
+    # nothing else
     ds = variant.pop(("DaemonSet", "xcluster-cni"))
     base_ds = base.pop(("DaemonSet", "xcluster-cni"))
     assert _env(_container(ds, "xcluster-cni"))["NETWORK_POLICY"] == "true"
-    assert _daemon_config(ds).network_policy is True
+    config = _daemon_config(ds)
+    assert (config.network_policy, config.policy_same_node) == (True, "br-netfilter")
     expected = copy.deepcopy(base_ds)
-    _container(expected, "xcluster-cni")["env"].append({"name": "NETWORK_POLICY", "value": "true"})
+    _container(expected, "xcluster-cni")["env"] += [
+        {"name": "NETWORK_POLICY", "value": "true"},
+        {"name": "POLICY_SAME_NODE", "value": "br-netfilter"},
+    ]
     assert _env_sorted(ds) == _env_sorted(expected)
     # the ClusterRole: the base's rules, then exactly get/list/watch on the three kinds
     role = variant.pop(CLUSTER_ROLE)
@@ -426,8 +431,8 @@ def test_the_manual_steps_in_install_md_do_what_the_component_does(
         role["rules"].append(op["value"])
     assert role == _by_key(rendered["overlays/network-policy"])[CLUSTER_ROLE]
     assert (
-        "kubectl -n kube-system set env daemonset/xcluster-cni -c xcluster-cni NETWORK_POLICY=true"
-        in section
+        "kubectl -n kube-system set env daemonset/xcluster-cni -c xcluster-cni "
+        "NETWORK_POLICY=true POLICY_SAME_NODE=br-netfilter" in section
     )
     # the YAML shown is the same two rules
     shown = re.search(r"```yaml\n(.*?)```", section, re.S)
