@@ -391,6 +391,15 @@ def test_same_node_through_br_netfilter_needs_no_bridge_table(
         with running_daemon(ns, **settings):
             wait_for(lambda: _has(ns, "ingress4", WEB), what="web isolated")
             assert _tables(ns) == {f"inet {TABLE}"}  # no bridge table
+            # ... and still the bridge's address is pinned: a port with a lower address
+            # coming and going does not change the pods' gateway address under them
+            mac = json.loads(run_in(ns, ["ip", "-j", "link", "show", "cbr0"]))[0]["address"]
+            run_in(ns, ["ip", "link", "add", "vlow", "address", "02:00:00:00:00:01", "type",
+                        "veth", "peer", "vlowp"])  # fmt: skip
+            run_in(ns, ["ip", "link", "set", "vlow", "master", "cbr0", "up"])
+            shown = json.loads(run_in(ns, ["ip", "-j", "link", "show", "cbr0"]))[0]["address"]
+            run_in(ns, ["ip", "link", "del", "vlow"])
+            assert shown == mac
             client = ["ip", "netns", "exec", pods[1]]
             # denied (ICMP: web's policy allows only its named port from the client)
             assert subprocess.run(

@@ -284,6 +284,10 @@ class PolicyReconciler(TableLoop):
         IP hooks: read at each full reconcile)."""
         if self.bridge is None:
             return None
+        # read (and pinned at first sight) in either mode: a bridge's address follows its
+        # ports, and pods whose gateway address changed under them lose the node until
+        # their neighbour entry is probed again (found by the soak, br-netfilter mode)
+        mac = self.bridge.mac()
         if self.same_node == "br-netfilter":
             if full or self._br_netfilter is None:
                 on = self.bridge.br_netfilter()
@@ -294,7 +298,7 @@ class PolicyReconciler(TableLoop):
                 self._br_netfilter = on
             if self._br_netfilter:
                 return None
-        return self.bridge.mac()
+        return mac
 
     def follow_bridge_hooks(self, stop: threading.Event, *, interval: float = HOOKS_POLL) -> None:
         """With ``same_node`` br-netfilter: read whether bridged frames pass the IP hooks
