@@ -130,8 +130,11 @@ def test_loop_coalesces_retries_and_stops() -> None:
         assert len(nft.applied) - writes <= 3  # a burst: a few transactions, not 29
         nft.fail_next = FakeNftError("element does not exist")
         cache.delete("n7")
-        wait_for(lambda: nft.sets(TABLE) == desired(cache), what="the retry")
-        assert r.failed_syncs == 0 and r.ready
+        # the retry's write shows before its loop clears the failure count: wait for both
+        wait_for(
+            lambda: nft.sets(TABLE) == desired(cache) and r.failed_syncs == 0, what="the retry"
+        )
+        assert r.ready
     assert nft.sets(TABLE) == desired(cache)  # stopping left it
     text = metrics.render().decode()
     assert 'xcluster_masquerade_syncs_total{result="error"} 1.0' in text
