@@ -99,14 +99,18 @@ def _self_enforce(env: PolicyLab) -> None:
 # "direct": both nodes on one segment, direct routes; "vxlan": each node on its own
 # subnet behind the router, pods reach each other only through the vxlan overlay
 SHAPES = {"direct": {}, "vxlan": {"routed": True, "overlay": "vxlan", "mtu": 1450}}
+# POLICY_SAME_NODE per shape: the daemon's default in one, the kustomize component's in
+# the other (bridged and judged through br_netfilter where the host has it, as the lab's
+# nodes then pass bridged frames to the IP hooks; the redirect by itself where not)
+SAME_NODE = {"direct": "redirect", "vxlan": "br-netfilter"}
 
 
 @pytest.fixture(scope="module", params=sorted(SHAPES))
 def policy_lab(request: pytest.FixtureRequest) -> Iterator[PolicyLab]:
-    yield from _policy_lab(_spec(**SHAPES[request.param]))
+    yield from _policy_lab(_spec(**SHAPES[request.param]), same_node=SAME_NODE[request.param])
 
 
-def _policy_lab(spec: LabSpec) -> Iterator[PolicyLab]:
+def _policy_lab(spec: LabSpec, *, same_node: str = "redirect") -> Iterator[PolicyLab]:
     with Lab(spec) as lab:
         if spec.main.overlay == "vxlan":  # the other node's pods only through the overlay
             for node in lab.names():
@@ -161,6 +165,7 @@ def _policy_lab(spec: LabSpec) -> Iterator[PolicyLab]:
                 namespaces=NAMESPACES,
                 extra_pods=[hostnet],
                 workdir=lab.state_dir / "policy",
+                same_node=same_node,
             ) as api,
             Prober(endpoints, ports) as prober,
         ):

@@ -40,6 +40,7 @@ from xcluster_cni_lib.core.policynft import (
 from xcluster_cni_lib.core.policynft import wanted_tables as wanted_listing
 from xcluster_cni_lib.core.values import IPAddress
 from xcluster_cni_lib.kernel.nftables import Nft
+from xcluster_cni_lib.kernel.podbridge import bridge_nf_calls
 from xcluster_cni_lib.lab import Lab
 from xcluster_cni_lib.lab.shell import ip_json
 
@@ -78,6 +79,7 @@ class LabApi:
         extra_pods: Iterable[Mapping[str, Any]] = (),
         workdir: Path,
         port: int = API_PORT,
+        same_node: str = "redirect",
     ) -> None:
         if not lab.spec.outside:
             raise ValueError("the policy lab needs an outside host (LabSpec(outside=True))")
@@ -88,6 +90,8 @@ class LabApi:
         self.namespace_labels = {k: dict(v) for k, v in namespaces.items()}
         self.extra_pods = [dict(p) for p in extra_pods]
         self.workdir = workdir
+        #: the daemons' POLICY_SAME_NODE
+        self.same_node = same_node
         self.api = ApiServerDouble(
             host=str(lab.spec.outside_address(4)), port=port, bookmark_interval=5.0
         )
@@ -122,7 +126,12 @@ class LabApi:
     def enable_policy(self, extra_env: Mapping[str, str] | None = None) -> None:
         """Restart every node's main daemon with ``NETWORK_POLICY=true`` and the
         double's kubeconfig."""
-        env = {"NETWORK_POLICY": "true", "KUBECONFIG": self.kubeconfig, **(extra_env or {})}
+        env = {
+            "NETWORK_POLICY": "true",
+            "KUBECONFIG": self.kubeconfig,
+            "POLICY_SAME_NODE": self.same_node,
+            **(extra_env or {}),
+        }
         for node in self.lab.names():
             if (node, self.network.name) in self.lab.daemons:
                 self.lab.stop_daemon(node, self.network.name)
@@ -205,9 +214,14 @@ class LabApi:
 
     # -- enforcement ----------------------------------------------------------------------
 
-    def bridge_mac(self, node: str) -> str:
+    def bridge_mac(self, node: str) -> str | None:
+        """The address the node's bridge table redirects to; None: no bridge table (the
+        br-netfilter mode on a node that passes bridged frames to the IP hooks)."""
+        namespace = self.lab.node(node).namespace
+        if self.same_node == "br-netfilter" and bridge_nf_calls(namespace):
+            return None
         if node not in self._macs:
-            links = ip_json(self.lab.node(node).namespace, ["link", "show", self.network.bridge])
+            links = ip_json(namespace, ["link", "show", self.network.bridge])
             self._macs[node] = str(links[0]["address"])
         return self._macs[node]
 

@@ -49,6 +49,7 @@ from xcluster_cni_lib.core.policynft import (
     wanted_tables,
 )
 from xcluster_cni_lib.core.values import IPAddress
+from xcluster_cni_lib.kernel.channel import run_in_netns
 from xcluster_cni_lib.kernel.nftables import Nft
 from xcluster_cni_lib.testing.netns import add_netns, del_netns, unique_name
 from xcluster_cni_lib.testing.nodes import default_internal_ips, default_pod_cidrs
@@ -73,15 +74,20 @@ ENFORCE_BOUND = 10.0  # seconds from an API change to the tables as wanted
 WINDOW_EVERY = 0.75  # at most one probe round this often in a fault window
 # A prober gives each probe a source port its address never used (20000-32767): one with
 # PORT_RENEW used on some address is replaced (ports from 20000 again) once it is
-# PROBER_AGE old, when its first flows are long gone from conntrack; a round that would
-# pass PORT_BUDGET is skipped (fault windows) or gets a new prober at once (matrices).
+# PROBER_AGE old; a round that would pass PORT_BUDGET is skipped (fault windows) or gets
+# a new prober at once (matrices). A replaced prober's flows are flushed from conntrack
+# in every node (an allowed UDP flow stays "established" for 120 s: a new prober's probe
+# on the same ports would pass as an old flow, not be judged as new).
 PORT_RENEW = 6000
 PORT_BUDGET = 12000
 PROBER_AGE = 150.0
+RESTART_ROUND_EVERY = 0.2  # probe rounds while a daemon comes up: at most this often
 # br_netfilter's "call the IP hooks for bridged frames" per node namespace (when the host
 # has the module): on in n0, as Kubernetes nodes usually have it, off in n1, so both
 # shapes of same-node traffic run. ``SOAK_BRIDGE_NF_CALL=0|1`` sets every node alike.
 BRIDGE_NF_CALL = {"n0": "1", "n1": "0"}
+#: The policy daemons' ``POLICY_SAME_NODE`` (``SOAK_SAME_NODE``): the component's choice.
+SAME_NODE = os.environ.get("SOAK_SAME_NODE") or "br-netfilter"
 NODE_SYSCTLS = {
     "net.ipv4.ip_forward": "1",
     "net.ipv6.conf.all.forwarding": "1",
@@ -378,6 +384,9 @@ class PolicyPhase:
     def _new_prober(self) -> None:
         if self.prober is not None:
             self.prober.close()
+            for ns in self.node_ns.values():
+                run_in_netns(ns, _flush_conntrack, name=f"ct-flush-{ns}")
+            self.checks["policy_conntrack_flushes"] += 1
         endpoints = [Endpoint(s.endpoint, s.netns, s.addresses) for s in self.slots]
         self.prober = Prober(endpoints, PORTS).start()
         self._prober_born = time.monotonic()
@@ -396,6 +405,10 @@ class PolicyPhase:
             d.env["NETWORK_POLICY"] = "true"
             d.env["POLICY_BRIDGE"] = POD_BRIDGE
             d.env["POLICY_LOG_DENIED"] = "true" if self.log_denied[d.key] else "false"
+            # as the kustomize component deploys it: bridged and judged through
+            # br_netfilter where the node passes bridged frames to the IP hooks (n0), the
+            # redirect where it does not (n1)
+            d.env["POLICY_SAME_NODE"] = SAME_NODE
             d.start()
         self.log(
             f"  policy on: {len(self.live())} pods in {len(self.node_ns)} nodes, "
@@ -521,6 +534,10 @@ class PolicyPhase:
         )
 
     def _bridge_mac(self, d: DaemonProc) -> str | None:
+        """The address the bridge table redirects to; None: no bridge table (the
+        br-netfilter mode on a node whose bridged frames pass the IP hooks)."""
+        if SAME_NODE == "br-netfilter" and self.bridge_nf.get(d.view.own) == "1":
+            return None
         ns = self.node_ns[d.view.own]
         out = subprocess.run(
             ["ip", "-n", ns, "-j", "link", "show", POD_BRIDGE], capture_output=True, text=True
@@ -665,9 +682,12 @@ class PolicyPhase:
         start = time.monotonic()
         rounds = 0
         while True:
+            began = time.monotonic()
             if not self.window(f"{d.key} restarting", force=True, kind=kind):
                 break
             rounds += 1
+            # paced: back-to-back rounds burn source ports (a readiness of 10 s took 495)
+            time.sleep(max(0.0, began + RESTART_ROUND_EVERY - time.monotonic()))
             self.checks["policy_restart_rounds"] += 1
             if rounds >= 2 and (d.ready() or time.monotonic() - start > bound):
                 break
@@ -717,3 +737,14 @@ def _diff(want: ListedTables, have: ListedTables) -> str:
         if w != h:
             parts.append(f"{name}: missing {sorted(w - h)[:3]}, extra {sorted(h - w)[:3]}")
     return "; ".join(parts)[:1500] or "equal now (late)"
+
+
+def _flush_conntrack() -> None:
+    """Forget every conntrack entry of the calling thread's namespace."""
+    from pyroute2 import NFCTSocket
+
+    ct = NFCTSocket()
+    try:
+        ct.flush()
+    finally:
+        ct.close()
