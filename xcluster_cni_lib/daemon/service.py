@@ -495,7 +495,7 @@ class Daemon:
                 "policy-monitor",
                 lambda: policy_monitor.run(policy.notify_kernel, self.stop_event),
             )
-            if policy.bridge is not None and policy.same_node == "br-netfilter":
+            if policy.follows_bridge_hooks:
                 self._spawn(
                     "policy-bridge-hooks", lambda: policy.follow_bridge_hooks(self.stop_event)
                 )

@@ -62,13 +62,19 @@ def _trim() -> Callable[[int], int] | None:
     return None if libc is None else libc.malloc_trim
 
 
+def _mallopt(param: int, value: int, *, unless_env: str) -> bool:
+    """``mallopt(param, value)`` unless the environment sets ``unless_env`` (glibc's own
+    variable for it, which then wins); false where it cannot."""
+    libc = _libc()
+    if libc is None or unless_env in os.environ:
+        return False
+    return bool(libc.mallopt(param, value))
+
+
 def limit_arenas(arenas: int = DEFAULT_ARENAS) -> bool:
     """Cap glibc's malloc arenas (call before starting threads); false where it cannot.
     An explicit ``MALLOC_ARENA_MAX`` in the environment wins."""
-    libc = _libc()
-    if libc is None or "MALLOC_ARENA_MAX" in os.environ:
-        return False
-    return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    return _mallopt(M_ARENA_MAX, arenas, unless_env="MALLOC_ARENA_MAX")
 
 
 def map_large_blocks(threshold: int = MMAP_THRESHOLD) -> bool:
@@ -77,10 +83,7 @@ def map_large_blocks(threshold: int = MMAP_THRESHOLD) -> bool:
     so after the first LIST the pages of every later one (megabytes) come from the heap,
     among long-lived objects, and leave holes there; with a fixed threshold each large
     block is unmapped when freed. An explicit ``MALLOC_MMAP_THRESHOLD_`` wins."""
-    libc = _libc()
-    if libc is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+    return _mallopt(M_MMAP_THRESHOLD, threshold, unless_env="MALLOC_MMAP_THRESHOLD_")
 
 
 def release_free_memory() -> bool:

@@ -281,7 +281,8 @@ class PolicyReconciler(TableLoop):
     def _mac(self, *, full: bool = False) -> str | None:
         """The bridge address the bridge table redirects to; None: no bridge table (no
         bridge, or ``same_node`` br-netfilter on a node that shows bridged frames to the
-        IP hooks: read at each full reconcile)."""
+        IP hooks: read at each full reconcile, which ``follow_bridge_hooks`` asks for at
+        once when that changed)."""
         if self.bridge is None:
             return None
         # read (and pinned at first sight) in either mode: a bridge's address follows its
@@ -300,6 +301,12 @@ class PolicyReconciler(TableLoop):
                 return None
         return mac
 
+    @property
+    def follows_bridge_hooks(self) -> bool:
+        """Whether same-node traffic may stay bridged (``same_node`` br-netfilter, with a
+        bridge): then whether the node passes bridged frames to the IP hooks matters."""
+        return self.bridge is not None and self.same_node == "br-netfilter"
+
     def follow_bridge_hooks(self, stop: threading.Event, *, interval: float = HOOKS_POLL) -> None:
         """With ``same_node`` br-netfilter: read whether bridged frames pass the IP hooks
         every ``interval`` seconds, and reconcile fully at once when that changed. Turned
@@ -308,7 +315,7 @@ class PolicyReconciler(TableLoop):
         event tells of a sysctl change, so it polls (two small reads). Returns when
         ``stop`` is set; at once when there is nothing to follow."""
         bridge = self.bridge
-        if bridge is None or self.same_node != "br-netfilter":
+        if bridge is None or not self.follows_bridge_hooks:
             return
         while not stop.wait(interval):
             known = self._br_netfilter
